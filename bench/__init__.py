@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run against dicomvault and the real Orthanc side by side."""

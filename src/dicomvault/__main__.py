@@ -1,0 +1,5 @@
+"""`python -m dicomvault` runs the command line."""
+
+from dicomvault.cli import main
+
+main()

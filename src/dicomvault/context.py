@@ -1,0 +1,25 @@
+"""`ServerContext`: the core services one server process runs with, handed to every front end.
+
+Built by `server.build(config)`; front ends read from it and call its services, never the
+database or the storage area directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dicomvault.config import Config
+from dicomvault.index.database import Index
+from dicomvault.ingest.store import Ingest
+from dicomvault.storage.accessor import StorageAccessor
+
+
+@dataclass
+class ServerContext:
+    config: Config
+    index: Index
+    accessor: StorageAccessor
+    ingest: Ingest
+    clock: Callable[[], float] = field(default=time.time)

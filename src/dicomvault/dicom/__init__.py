@@ -1,0 +1,1 @@
+"""DICOM file handling: parsing, identifiers, and Orthanc's JSON renderings."""

@@ -1,0 +1,1 @@
+"""Find: read-side business rules (resource descriptions, lookups)."""

@@ -1,0 +1,1 @@
+"""The index: the database that knows every resource, attachment, metadata and change."""

@@ -1,0 +1,93 @@
+"""The index schema: DDL per backend and the schema version this code serves.
+
+The SQL of every operation is written once (`transactions.py`); only this DDL differs between
+backends. `SCHEMA_VERSION` is stored in the global property `DICOMVAULT_SCHEMA_VERSION`; additive
+changes that older code tolerates bump `SCHEMA_PATCH_LEVEL` only.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+SCHEMA_PATCH_LEVEL = 0
+# The value Orthanc 1.10.1 reports as `DatabaseVersion` in /system (its schema 6): clients use it to
+# detect features, and our schema offers what Orthanc's 6 offers.
+ORTHANC_DATABASE_VERSION = 6
+
+SQLITE_DDL = """
+CREATE TABLE GlobalProperties(
+    property INTEGER PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE Resources(
+    internalId INTEGER PRIMARY KEY AUTOINCREMENT,
+    resourceType INTEGER NOT NULL,
+    publicId TEXT NOT NULL,
+    parentId INTEGER REFERENCES Resources(internalId) ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX PublicIndex ON Resources(publicId);
+CREATE INDEX ChildrenIndex ON Resources(parentId);
+CREATE INDEX ResourceTypeIndex ON Resources(resourceType, internalId);
+CREATE TABLE MainDicomTags(
+    id INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
+    tagGroup INTEGER NOT NULL,
+    tagElement INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY(id, tagGroup, tagElement)
+);
+CREATE TABLE Metadata(
+    id INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
+    type INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(id, type)
+);
+CREATE TABLE AttachedFiles(
+    id INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
+    fileType INTEGER NOT NULL,
+    uuid TEXT NOT NULL,
+    compressedSize INTEGER NOT NULL,
+    uncompressedSize INTEGER NOT NULL,
+    compressionType INTEGER NOT NULL,
+    uncompressedMD5 TEXT NOT NULL,
+    compressedMD5 TEXT NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(id, fileType)
+);
+CREATE UNIQUE INDEX AttachedFilesUuid ON AttachedFiles(uuid);
+CREATE TABLE Changes(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    changeType INTEGER NOT NULL,
+    internalId INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
+    resourceType INTEGER NOT NULL,
+    date TEXT NOT NULL
+);
+CREATE INDEX ChangesIndex ON Changes(internalId);
+CREATE TABLE ExportedResources(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    resourceType INTEGER NOT NULL,
+    publicId TEXT NOT NULL,
+    remoteModality TEXT NOT NULL,
+    patientId TEXT,
+    studyInstanceUid TEXT,
+    seriesInstanceUid TEXT,
+    sopInstanceUid TEXT,
+    date TEXT NOT NULL
+);
+CREATE TABLE PatientRecyclingOrder(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    patientId INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE
+);
+CREATE INDEX PatientRecyclingIndex ON PatientRecyclingOrder(patientId);
+CREATE TABLE Protected(
+    patientId INTEGER PRIMARY KEY REFERENCES Resources(internalId) ON DELETE CASCADE
+);
+-- dicomvault's extension: every deletion, kept after the resource is gone (Orthanc's /changes
+-- forgets a deleted resource), so that replication can mirror deletions.
+CREATE TABLE DeletedResources(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    resourceType INTEGER NOT NULL,
+    publicId TEXT NOT NULL,
+    parentPublicId TEXT,
+    date TEXT NOT NULL
+);
+"""

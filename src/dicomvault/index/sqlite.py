@@ -1,0 +1,179 @@
+"""The SQLite backend of the index: the file `dicomvault.db` in `IndexDirectory`.
+
+WAL journal (readers never wait for the writer), `synchronous=FULL` (a commit that returned is on
+disk), foreign keys on (deletes cascade). An exclusive lock file keeps a second server process off
+the same index: it refuses to start rather than fight over locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import IO
+
+from dicomvault.enums import GlobalProperty
+from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.index.schema import SCHEMA_PATCH_LEVEL, SCHEMA_VERSION, SQLITE_DDL
+from dicomvault.index.transactions import ReadTx, WriteTx
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILENAME = "dicomvault.db"
+LOCK_SUFFIX = ".lock"
+_BUSY_TIMEOUT_S = 30.0
+
+
+def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}{'?mode=ro' if read_only else ''}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
+    except sqlite3.Error as exc:
+        raise DicomVaultError(ErrorCode.SQLITE_CANNOT_OPEN, f"cannot open the SQLite index {path}: {exc}") from exc
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA cache_size = -32000")
+    return conn
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self._conn = _connect(path)
+        self._tx = ReadTx(self._conn)
+
+    def begin(self) -> ReadTx:
+        self._conn.execute("BEGIN")
+        return self._tx
+
+    def end(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _Writer:
+    def __init__(self, path: Path) -> None:
+        self._conn = _connect(path)
+        self._tx = WriteTx(self._conn)
+
+    def begin(self) -> WriteTx:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._tx
+
+    def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT job")
+
+    def release(self) -> None:
+        self._conn.execute("RELEASE SAVEPOINT job")
+
+    def rollback_to_savepoint(self) -> None:
+        self._conn.execute("ROLLBACK TO SAVEPOINT job")
+
+    def commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def is_serialization_failure(self, exc: BaseException) -> bool:
+        return False  # a single writer never conflicts with itself
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class SQLiteBackend:
+    """Opens (or creates) the index file and checks its schema version."""
+
+    def __init__(self, directory: Path, create: bool = True) -> None:
+        self.path = directory / INDEX_FILENAME
+        self.description = f"SQLite index {self.path}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DicomVaultError(ErrorCode.MAKE_DIRECTORY, f"cannot create the index folder {directory}: {exc}") from exc
+        self._lock = self._acquire_lock()
+        try:
+            exists = self.path.exists()
+            if not exists and not create:
+                raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"no dicomvault index at {self.path}")
+            conn = _connect(self.path)
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    logger.warning("SQLite refused WAL mode on %s (got %s): readers will wait for writers", self.path, mode)
+                self._prepare(conn, fresh=not exists)
+            finally:
+                conn.close()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _acquire_lock(self) -> IO[bytes]:
+        lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
+        handle = open(lock_path, "a+b")  # noqa: SIM115 - held for the backend's lifetime
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            raise DicomVaultError(
+                ErrorCode.DATABASE_UNAVAILABLE,
+                f"the index {self.path} is in use by another dicomvault process (lock {lock_path}); "
+                "stop that process or point IndexDirectory elsewhere",
+            ) from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n".encode())
+        handle.flush()
+        return handle
+
+    def _release_lock(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+        self._lock.close()
+
+    def _prepare(self, conn: sqlite3.Connection, fresh: bool) -> None:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if fresh or not tables:
+            logger.info("creating a new index (schema %d) at %s", SCHEMA_VERSION, self.path)
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _split_sql(SQLITE_DDL):
+                conn.execute(statement)
+            tx = WriteTx(conn)
+            tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, str(SCHEMA_VERSION))
+            tx.set_global_property(GlobalProperty.DATABASE_PATCH_LEVEL, str(SCHEMA_PATCH_LEVEL))
+            conn.execute("COMMIT")
+            return
+        if "GlobalProperties" not in tables:
+            raise DicomVaultError(
+                ErrorCode.INCOMPATIBLE_DATABASE_VERSION, f"{self.path} is an SQLite file but not a dicomvault index"
+            )
+        version = ReadTx(conn).global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION)
+        if version is None:
+            raise DicomVaultError(
+                ErrorCode.INCOMPATIBLE_DATABASE_VERSION, f"{self.path} is an SQLite file but not a dicomvault index"
+            )
+        if version != str(SCHEMA_VERSION):
+            raise DicomVaultError(
+                ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
+                f"the index {self.path} has schema version {version}, this dicomvault needs version {SCHEMA_VERSION}",
+            )
+
+    def open_reader(self) -> _Reader:
+        return _Reader(self.path)
+
+    def open_writer(self) -> _Writer:
+        return _Writer(self.path)
+
+    def close(self) -> None:
+        self._release_lock()
+
+
+def _split_sql(script: str) -> list[str]:
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,1 @@
+"""Ingest: the one path by which DICOM instances enter the archive (REST, C-STORE, import)."""

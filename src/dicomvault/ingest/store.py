@@ -1,0 +1,163 @@
+"""`Ingest.store(raw, origin) -> StoreResult`: the store pipeline shared by every front end.
+
+Files first, index second: the worker writes the file, then the index writer records it; if
+the index refuses (already stored, error), the new file is removed again. The index is the truth:
+an orphan file left by a crash is harmless, a row pointing at nothing would be corruption. An
+overwritten instance's old file is removed only after the index committed its replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dicomvault.dicom.parsing import ParsedInstance
+from dicomvault.enums import MetadataType, RequestOrigin, ResourceType
+from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.index.database import Index
+from dicomvault.index.transactions import CreateOutcome, WriteTx
+from dicomvault.ingest.worker import Prepared, StorageSettings, prepare_instance
+from dicomvault.model import FileInfo, StoreResult, StoreStatus
+from dicomvault.storage.accessor import StorageAccessor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent an instance (recorded as the instance metadata Orthanc keeps)."""
+
+    request_origin: RequestOrigin = RequestOrigin.UNKNOWN
+    remote_ip: str | None = None
+    remote_aet: str = ""
+    called_aet: str | None = None
+    http_username: str | None = None
+
+
+def now_iso(clock: Callable[[], float] = time.time) -> str:
+    """Orthanc's timestamp format, UTC: `20261122T205248`."""
+    return datetime.fromtimestamp(clock(), UTC).strftime("%Y%m%dT%H%M%S")
+
+
+def expected_instances(parsed: ParsedInstance) -> int | None:
+    """Orthanc's expected number of instances of a series, from the series' main tags."""
+    tags = dict(parsed.main_tags[ResourceType.SERIES])
+
+    def product(a: int, b: int) -> int | None:
+        try:
+            value = int(tags[a]) * int(tags[b])
+        except (KeyError, ValueError):
+            return None
+        return value if value > 0 else None
+
+    for a, b in ((0x00201002, 0x00200105), (0x00541081, 0x00540101)):
+        if a in tags and b in tags:
+            return product(a, b)
+    if 0x00181090 in tags:
+        try:
+            value = int(tags[0x00181090])
+        except ValueError:
+            return None
+        return value if value > 0 else None
+    return None
+
+
+def instance_metadata(parsed: ParsedInstance, origin: Origin, now: str) -> dict[int, str]:
+    meta: dict[int, str] = {
+        MetadataType.INSTANCE_RECEPTION_DATE: now,
+        MetadataType.INSTANCE_REMOTE_AET: origin.remote_aet,
+        MetadataType.INSTANCE_ORIGIN: origin.request_origin.label,
+        MetadataType.INSTANCE_TRANSFER_SYNTAX: parsed.transfer_syntax,
+    }
+    if origin.remote_ip is not None:
+        meta[MetadataType.INSTANCE_REMOTE_IP] = origin.remote_ip
+    if origin.called_aet is not None:
+        meta[MetadataType.INSTANCE_CALLED_AET] = origin.called_aet
+    if origin.http_username is not None:
+        meta[MetadataType.INSTANCE_HTTP_USERNAME] = origin.http_username
+    if parsed.sop_class_uid:
+        meta[MetadataType.INSTANCE_SOP_CLASS_UID] = parsed.sop_class_uid
+    tags = dict(parsed.main_tags[ResourceType.INSTANCE])
+    index = tags.get(0x00200013, tags.get(0x00541330))
+    if index is not None:
+        meta[MetadataType.INSTANCE_INDEX_IN_SERIES] = index
+    if parsed.pixel_data_offset is not None:
+        meta[MetadataType.INSTANCE_PIXEL_DATA_OFFSET] = str(parsed.pixel_data_offset)
+    return meta
+
+
+class Ingest:
+    def __init__(
+        self,
+        index: Index,
+        accessor: StorageAccessor,
+        settings: StorageSettings,
+        executor: Executor,
+        overwrite: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._index = index
+        self._accessor = accessor
+        self._settings = settings
+        self._executor = executor
+        self._overwrite = overwrite
+        self._clock = clock
+
+    async def store(self, raw: bytes, origin: Origin) -> StoreResult:
+        loop = asyncio.get_running_loop()
+        prepared: Prepared = await loop.run_in_executor(self._executor, prepare_instance, raw, self._settings)
+        write = self._index_write(prepared, origin)
+        try:
+            outcome = await self._index.write_async(write)
+        except BaseException:
+            await loop.run_in_executor(None, self._discard, prepared.file)
+            raise
+        return await loop.run_in_executor(None, self._finish, prepared, outcome)
+
+    def store_sync(self, raw: bytes, origin: Origin) -> StoreResult:
+        """The same pipeline for callers on plain threads (the DICOM server)."""
+        prepared = self._executor.submit(prepare_instance, raw, self._settings).result()
+        try:
+            outcome = self._index.write(self._index_write(prepared, origin))
+        except BaseException:
+            self._discard(prepared.file)
+            raise
+        return self._finish(prepared, outcome)
+
+    def _index_write(self, prepared: Prepared, origin: Origin) -> Callable[[WriteTx], CreateOutcome]:
+        now = now_iso(self._clock)
+        parsed = prepared.parsed
+        meta = instance_metadata(parsed, origin, now)
+        expected = expected_instances(parsed)
+
+        def write(tx: WriteTx) -> CreateOutcome:
+            try:
+                return tx.create_instance(parsed, prepared.file, meta, now, self._overwrite, expected)
+            except ValueError as exc:
+                raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, str(exc)) from exc
+
+        return write
+
+    def _finish(self, prepared: Prepared, outcome: CreateOutcome) -> StoreResult:
+        parsed = prepared.parsed
+        if not outcome.stored:
+            self._discard(prepared.file)
+            status = StoreStatus.ALREADY_STORED
+        else:
+            for old in outcome.replaced:
+                self._discard(old)
+            status = StoreStatus.SUCCESS
+        logger.debug("instance %s: %s", parsed.instance_id, status.value)
+        return StoreResult(status, parsed.instance_id, parsed.patient_id, parsed.study_id, parsed.series_id)
+
+    def _discard(self, info: FileInfo) -> None:
+        try:
+            self._accessor.remove(info)
+        except Exception:
+            # An orphan file is harmless (the index does not reference it); `check` lists it.
+            logger.warning("could not remove the unreferenced attachment %s", info.uuid, exc_info=True)

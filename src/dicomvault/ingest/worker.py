@@ -1,0 +1,51 @@
+"""The per-instance CPU work of ingest, run in worker processes (off the main process's GIL):
+parse once, compress if configured, hash while writing, write the file with fsync.
+
+Inputs and outputs are plain picklable values. Each worker process builds its storage accessor
+once (`_accessor`) from the `StorageSettings` it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from dicomvault.dicom.parsing import ParsedInstance, parse_instance
+from dicomvault.enums import FileContentType
+from dicomvault.model import FileInfo
+from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
+from dicomvault.storage.area import FilesystemStorageArea
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    root: str
+    compression: CompressionPolicy
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class Prepared:
+    parsed: ParsedInstance
+    file: FileInfo
+
+
+@lru_cache(maxsize=4)
+def _accessor(settings: StorageSettings) -> StorageAccessor:
+    return StorageAccessor(FilesystemStorageArea(Path(settings.root), fsync=settings.fsync), settings.compression)
+
+
+def prepare_instance(raw: bytes, settings: StorageSettings) -> Prepared:
+    """Parse and validate `raw`, then write it to the storage area; nothing touches the index."""
+    parsed = parse_instance(raw)
+    info = _accessor(settings).write(raw, FileContentType.DICOM)
+    return Prepared(parsed, info)
+
+
+def warm_up() -> int:
+    """Pool initializer: import the heavy modules once per worker process."""
+    import pydicom  # noqa: F401
+
+    return os.getpid()

@@ -1,0 +1,75 @@
+"""The Starlette application: route tables of every REST module, Orthanc's error bodies, access
+control, and trailing-slash tolerance (Orthanc answers `/patients/` as `/patients`)."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dicomvault.context import ServerContext
+from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.rest import instances, resources, system
+from dicomvault.rest.responses import JsonResponse, error_body, error_response, internal_error_response
+from dicomvault.rest.security import AccessControl
+
+logger = logging.getLogger(__name__)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        code = ErrorCode.UNKNOWN_RESOURCE
+    elif exc.status_code == 405:
+        body = error_body(request.method, request.url.path, 405, ErrorCode.BAD_REQUEST, "method not allowed")
+        return JsonResponse(body, status_code=405, headers=dict(exc.headers or {}))
+    else:
+        code = ErrorCode.BAD_REQUEST
+    return error_response(request, DicomVaultError(code, exc.detail if exc.status_code != 404 else None))
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DicomVaultError)
+    return error_response(request, exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return internal_error_response(request, exc)
+
+
+class _StripTrailingSlash:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope = dict(scope)
+                scope["path"] = path.rstrip("/") or "/"
+                scope["raw_path"] = scope["path"].encode()
+        await self.app(scope, receive, send)
+
+
+def route_table() -> list[BaseRoute]:
+    return [*system.routes(), *instances.routes(), *resources.routes()]
+
+
+def create_app(context: ServerContext) -> ASGIApp:
+    app = Starlette(
+        routes=route_table(),
+        exception_handlers={
+            HTTPException: _http_exception,
+            DicomVaultError: _domain_error,
+            Exception: _unexpected,
+        },
+    )
+    app.router.redirect_slashes = False
+    app.state.context = context
+    cfg = context.config
+    return AccessControl(_StripTrailingSlash(app), cfg.remote_access_allowed, cfg.authentication_enabled, cfg.registered_users)

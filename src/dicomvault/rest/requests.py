@@ -1,0 +1,51 @@
+"""Request parsing helpers shared by the REST modules: bounded bodies, Orthanc's query flags."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.ingest.archives import gunzip, too_large
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, decoded from gzip if so encoded, never more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise too_large(limit)
+        except ValueError as exc:
+            raise DicomVaultError(ErrorCode.BAD_REQUEST, "invalid Content-Length header") from exc
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding == "gzip":
+        body = gunzip(body, limit)
+    elif encoding not in ("", "identity"):
+        raise DicomVaultError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"unsupported Content-Encoding: {encoding}")
+    return body
+
+
+def flag(request: Request, name: str) -> bool:
+    """Orthanc 1.10.1's flags such as `?expand`: present means true, whatever the value."""
+    return name in request.query_params
+
+
+def int_argument(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"argument {name} must be an integer: {raw!r}") from exc
+    if value < 0:
+        raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"argument {name} must be non-negative")
+    return value

@@ -1,0 +1,122 @@
+"""Routes common to the four levels: lists (`?expand`, `?since`, `?limit`), one resource, its
+children and ancestors, and deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dicomvault.context import ServerContext
+from dicomvault.enums import ResourceType
+from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.find.resources import ancestor_of, children_of, describe, require
+from dicomvault.index.transactions import ReadTx
+from dicomvault.ingest.delete import Deleter
+from dicomvault.ingest.store import now_iso
+from dicomvault.model import ResourceRef
+from dicomvault.rest.requests import flag, int_argument
+from dicomvault.rest.responses import JsonResponse
+
+
+def _ctx(request: Request) -> ServerContext:
+    ctx: ServerContext = request.app.state.context
+    return ctx
+
+
+def _render(ctx: ServerContext, tx: ReadTx, refs: list[ResourceRef], expand: bool) -> list[Any]:
+    if expand:
+        return describe(tx, refs, ctx.config.stable_age, ctx.clock)
+    return [r.public_id for r in refs]
+
+
+def list_route(level: ResourceType) -> Route:
+    async def endpoint(request: Request) -> Response:
+        ctx = _ctx(request)
+        expand = flag(request, "expand")
+        since = int_argument(request, "since")
+        limit = int_argument(request, "limit")
+        # As Orthanc: "since" and "limit" go together.
+        if (since is None) != (limit is None):
+            missing = "since" if since is None else "limit"
+            raise DicomVaultError(
+                ErrorCode.BAD_REQUEST, f'Missing "{missing}" argument for GET request against: /{level.plural}/'
+            )
+
+        def read(tx: ReadTx) -> list[Any]:
+            refs = tx.list_resources(level, since or 0, limit or 0)
+            return _render(ctx, tx, refs, expand)
+
+        return JsonResponse(await run_in_threadpool(ctx.index.read, read))
+
+    return Route(f"/{level.plural}", endpoint, methods=["GET"])
+
+
+def one_route(level: ResourceType) -> Route:
+    async def get(request: Request) -> Response:
+        ctx = _ctx(request)
+        public_id = request.path_params["id"]
+
+        def read(tx: ReadTx) -> Any:
+            return describe(tx, [require(tx, level, public_id)], ctx.config.stable_age, ctx.clock)[0]
+
+        return JsonResponse(await run_in_threadpool(ctx.index.read, read))
+
+    async def delete(request: Request) -> Response:
+        ctx = _ctx(request)
+        deleter = Deleter(ctx.index, ctx.accessor)
+        outcome = await run_in_threadpool(deleter.delete, level, request.path_params["id"], now_iso(ctx.clock))
+        ancestor = outcome.remaining_ancestor
+        remaining = None if ancestor is None else {"ID": ancestor.public_id, "Path": ancestor.path, "Type": ancestor.level.label}
+        return JsonResponse({"RemainingAncestor": remaining})
+
+    async def endpoint(request: Request) -> Response:
+        return await (delete(request) if request.method == "DELETE" else get(request))
+
+    return Route(f"/{level.plural}/{{id}}", endpoint, methods=["GET", "DELETE"])
+
+
+def children_route(level: ResourceType, below: ResourceType) -> Route:
+    async def endpoint(request: Request) -> Response:
+        ctx = _ctx(request)
+        public_id = request.path_params["id"]
+
+        def read(tx: ReadTx) -> list[Any]:
+            # Orthanc 1.10.1 always answers full descriptions on these routes.
+            refs = children_of(tx, require(tx, level, public_id), below)
+            return describe(tx, refs, ctx.config.stable_age, ctx.clock)
+
+        return JsonResponse(await run_in_threadpool(ctx.index.read, read))
+
+    return Route(f"/{level.plural}/{{id}}/{below.plural}", endpoint, methods=["GET"])
+
+
+def parent_route(level: ResourceType, above: ResourceType) -> Route:
+    async def endpoint(request: Request) -> Response:
+        ctx = _ctx(request)
+        public_id = request.path_params["id"]
+
+        def read(tx: ReadTx) -> Any:
+            ref = ancestor_of(tx, require(tx, level, public_id), above)
+            return describe(tx, [ref], ctx.config.stable_age, ctx.clock)[0]
+
+        return JsonResponse(await run_in_threadpool(ctx.index.read, read))
+
+    return Route(f"/{level.plural}/{{id}}/{above.label.lower()}", endpoint, methods=["GET"])
+
+
+def routes() -> list[Route]:
+    """The table of level routes, in the manner of Orthanc's RegisterResources()."""
+    table: list[Route] = []
+    for level in ResourceType:
+        table.append(list_route(level))
+        table.append(one_route(level))
+        for below in ResourceType:
+            if below > level:
+                table.append(children_route(level, below))
+            elif below < level:
+                table.append(parent_route(level, below))
+    return table

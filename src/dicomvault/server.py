@@ -1,0 +1,145 @@
+"""The composition root: `build(config) -> Server` wires storage, index, ingest and front ends;
+`Server.serve()` runs the HTTP server until stopped.
+
+Start-up refusals (exit code 3 in the CLI) happen here, before anything is created: an Orthanc
+index without ours (an older schema: adopt it with `dicomvault upgrade`), a schema of another
+version, an index locked by another process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dicomvault.config import Config
+from dicomvault.context import ServerContext
+from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.index.database import Index
+from dicomvault.index.sqlite import INDEX_FILENAME, SQLiteBackend
+from dicomvault.ingest.store import Ingest
+from dicomvault.ingest.worker import StorageSettings, warm_up
+from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
+from dicomvault.storage.area import FilesystemStorageArea
+
+logger = logging.getLogger(__name__)
+
+ORTHANC_INDEX_FILENAME = "index"
+
+
+class StartupRefused(DicomVaultError):
+    """A refusal to start that the operator must act on (CLI exit code 3)."""
+
+
+def _check_not_orthanc_only(config: Config, config_label: str) -> None:
+    ours = config.index_directory / INDEX_FILENAME
+    orthanc = config.index_directory / ORTHANC_INDEX_FILENAME
+    if orthanc.is_file() and not ours.exists():
+        raise StartupRefused(
+            ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
+            f"{config.index_directory} holds an Orthanc index ({orthanc}) and no dicomvault index: this is an "
+            f"older schema. Adopt it with: dicomvault upgrade {config_label}",
+        )
+
+
+def default_executor(workers: int | None = None) -> Executor:
+    """Worker processes for the per-instance CPU work; spawned (not forked) because the server
+    process already runs threads."""
+    count = workers or max(2, os.cpu_count() or 2)
+    return ProcessPoolExecutor(max_workers=count, mp_context=multiprocessing.get_context("spawn"), initializer=warm_up)
+
+
+@dataclass
+class Server:
+    context: ServerContext
+    executor: Executor
+    owns_executor: bool = True
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def config(self) -> Config:
+        return self.context.config
+
+    def app(self) -> object:
+        from dicomvault.rest.app import create_app
+
+        return create_app(self.context)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.owns_executor:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        self.context.index.close()
+
+    def bind_http(self, host: str = "0.0.0.0", port: int | None = None) -> socket.socket:
+        port = self.config.http_port if port is None else port
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise StartupRefused(ErrorCode.HTTP_PORT_IN_USE, f"cannot listen on HTTP port {port}: {exc.strerror}") from exc
+        sock.listen(1024)
+        sock.set_inheritable(True)
+        return sock
+
+    def serve(self, sock: socket.socket | None = None) -> None:
+        """Run the HTTP server until SIGINT/SIGTERM."""
+        import uvicorn
+
+        sock = sock or self.bind_http()
+        port = sock.getsockname()[1]
+        uv_config = uvicorn.Config(
+            self.app(),  # type: ignore[arg-type]
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+        )
+        server = uvicorn.Server(uv_config)
+        logger.warning("dicomvault has started: HTTP on port %d, storage %s", port, self.config.storage_directory)
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        finally:
+            sock.close()
+            logger.warning("dicomvault has stopped")
+
+
+def build(config: Config, executor: Executor | None = None, config_label: str | None = None) -> Server:
+    """Create every service for `config`. The caller owns the result and must `close()` it."""
+    _check_not_orthanc_only(config, config_label or config.source)
+    area = FilesystemStorageArea(config.storage_directory)
+    policy = CompressionPolicy(
+        enabled=config.storage_compression,
+        level=config.storage_compression_level,
+        store_md5=config.store_md5_for_attachments,
+    )
+    accessor = StorageAccessor(area, policy)
+    try:
+        index = Index(SQLiteBackend(config.index_directory))
+    except DicomVaultError as exc:
+        if exc.code in (ErrorCode.INCOMPATIBLE_DATABASE_VERSION, ErrorCode.DATABASE_UNAVAILABLE):
+            raise StartupRefused(exc.code, exc.details) from exc
+        raise
+    settings = StorageSettings(root=str(Path(config.storage_directory).resolve()), compression=policy)
+    owns = executor is None
+    pool = executor or default_executor()
+    ingest = Ingest(index, accessor, settings, pool, overwrite=config.overwrite_instances)
+    context = ServerContext(config=config, index=index, accessor=accessor, ingest=ingest)
+    return Server(context=context, executor=pool, owns_executor=owns)
+
+
+def install_signal_logging() -> None:
+    """SIGTERM behaves as SIGINT (uvicorn's graceful shutdown), as service managers expect."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

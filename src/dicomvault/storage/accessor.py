@@ -1,0 +1,112 @@
+"""The storage accessor: compression and MD5 above the storage area.
+
+Compression is Orthanc's "zlib with size": an 8-byte little-endian uncompressed size followed by
+a zlib stream (any level reads back). The compression recorded per attachment in the index, not
+the configuration flag, decides how a file is read, so turning `StorageCompression` on or off
+never makes older files unreadable. Hashes are computed while the bytes pass, never by re-reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+
+from dicomvault.enums import CompressionType, FileContentType
+from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.model import FileInfo
+from dicomvault.storage.area import FilesystemStorageArea, new_uuid
+
+_SIZE_HEADER = struct.Struct("<Q")
+
+
+def compress_zlib_with_size(data: bytes, level: int) -> bytes:
+    if not data:
+        return b""  # Orthanc stores an empty buffer as an empty file
+    return _SIZE_HEADER.pack(len(data)) + zlib.compress(data, level)
+
+
+def decompress_zlib_with_size(data: bytes, limit: int | None = None) -> bytes:
+    """Inverse of `compress_zlib_with_size`; `limit` bounds the announced size (zip-bomb guard)."""
+    if not data:
+        return b""
+    if len(data) < _SIZE_HEADER.size:
+        raise DicomVaultError(ErrorCode.CORRUPTED_FILE, "compressed attachment shorter than its size header")
+    (size,) = _SIZE_HEADER.unpack_from(data)
+    if limit is not None and size > limit:
+        raise DicomVaultError(ErrorCode.CORRUPTED_FILE, f"compressed attachment announces {size} bytes")
+    try:
+        out = zlib.decompressobj().decompress(data[_SIZE_HEADER.size :], size + 1)
+    except zlib.error as exc:
+        raise DicomVaultError(ErrorCode.CORRUPTED_FILE, f"bad zlib stream: {exc}") from exc
+    if len(out) != size:
+        raise DicomVaultError(
+            ErrorCode.CORRUPTED_FILE, f"compressed attachment holds {len(out)} bytes, header says {size}"
+        )
+    return out
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True)
+class CompressionPolicy:
+    enabled: bool = False
+    level: int = 6
+    store_md5: bool = True
+
+
+class StorageAccessor:
+    """Writes and reads attachments, applying compression and checking what the index recorded."""
+
+    def __init__(self, area: FilesystemStorageArea, policy: CompressionPolicy) -> None:
+        self.area = area
+        self.policy = policy
+
+    def write(self, data: bytes, content_type: FileContentType | int) -> FileInfo:
+        uuid = new_uuid()
+        store_md5 = self.policy.store_md5
+        plain_md5 = md5_hex(data) if store_md5 else ""
+        if self.policy.enabled:
+            stored = compress_zlib_with_size(data, self.policy.level)
+            self.area.create(uuid, stored)
+            return FileInfo(
+                uuid=uuid,
+                content_type=content_type,
+                uncompressed_size=len(data),
+                uncompressed_md5=plain_md5,
+                compression=CompressionType.ZLIB_WITH_SIZE,
+                compressed_size=len(stored),
+                compressed_md5=md5_hex(stored) if store_md5 else "",
+            )
+        self.area.create(uuid, data)
+        return FileInfo(
+            uuid=uuid,
+            content_type=content_type,
+            uncompressed_size=len(data),
+            uncompressed_md5=plain_md5,
+            compression=CompressionType.NONE,
+            compressed_size=len(data),
+            compressed_md5=plain_md5,
+        )
+
+    def read(self, info: FileInfo) -> bytes:
+        """The attachment's uncompressed bytes."""
+        stored = self.area.read(info.uuid)
+        if info.compression == CompressionType.ZLIB_WITH_SIZE:
+            return decompress_zlib_with_size(stored, limit=info.uncompressed_size)
+        return stored
+
+    def read_raw(self, info: FileInfo) -> bytes:
+        """The bytes as stored on disk (compressed if the attachment is)."""
+        return self.area.read(info.uuid)
+
+    def read_range(self, info: FileInfo, start: int, end: int) -> bytes:
+        if info.compression == CompressionType.NONE:
+            return self.area.read_range(info.uuid, start, end)
+        return self.read(info)[start:end]
+
+    def remove(self, info: FileInfo) -> None:
+        self.area.remove(info.uuid)
