@@ -87,7 +87,9 @@ class Server:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise StartupRefused(ErrorCode.HTTP_PORT_IN_USE, f"cannot listen on HTTP port {port}: {exc.strerror}") from exc
+            raise StartupRefused(
+                ErrorCode.HTTP_PORT_IN_USE, f"cannot listen on HTTP port {port}: {exc.strerror}"
+            ) from exc
         sock.listen(1024)
         sock.set_inheritable(True)
         return sock
@@ -119,7 +121,7 @@ class Server:
 def build(config: Config, executor: Executor | None = None, config_label: str | None = None) -> Server:
     """Create every service for `config`. The caller owns the result and must `close()` it."""
     _check_not_orthanc_only(config, config_label or config.source)
-    area = FilesystemStorageArea(config.storage_directory)
+    area = FilesystemStorageArea(config.storage_directory, fsync=config.sync_storage_area)
     policy = CompressionPolicy(
         enabled=config.storage_compression,
         level=config.storage_compression_level,
@@ -132,7 +134,9 @@ def build(config: Config, executor: Executor | None = None, config_label: str | 
         if exc.code in (ErrorCode.INCOMPATIBLE_DATABASE_VERSION, ErrorCode.DATABASE_UNAVAILABLE):
             raise StartupRefused(exc.code, exc.details) from exc
         raise
-    settings = StorageSettings(root=str(Path(config.storage_directory).resolve()), compression=policy)
+    settings = StorageSettings(
+        root=str(Path(config.storage_directory).resolve()), compression=policy, fsync=config.sync_storage_area
+    )
     owns = executor is None
     pool = executor or default_executor()
     ingest = Ingest(index, accessor, settings, pool, overwrite=config.overwrite_instances)

@@ -31,6 +31,9 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
 _PIXEL_DATA = 0x7FE00010
+# Byte values at which multi-byte character sets switch back (backslash; PN adds ^ and =).
+_DELIMITERS = {0x5C}
+_PN_DELIMITERS = {0x5C, 0x5E, 0x3D}
 
 MainTags = tuple[tuple[int, str], ...]
 
@@ -66,7 +69,9 @@ def read_dataset(raw: bytes, stop_before_pixels: bool = True) -> Dataset:
             return pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=stop_before_pixels)
         return pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=stop_before_pixels, force=True)
     except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, NotImplementedError) as exc:
-        raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, f"Cannot parse an invalid DICOM file (size: {len(raw)} bytes)") from exc
+        raise DicomVaultError(
+            ErrorCode.BAD_FILE_FORMAT, f"Cannot parse an invalid DICOM file (size: {len(raw)} bytes)"
+        ) from exc
 
 
 def parse_instance(raw: bytes) -> ParsedInstance:
@@ -94,13 +99,19 @@ def parse_instance(raw: bytes) -> ParsedInstance:
         raise DicomVaultError(
             ErrorCode.BAD_FILE_FORMAT, f"Cannot parse an invalid DICOM file (size: {len(raw)} bytes)"
         ) from exc
-    for name, value in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid)):
+    for name, value in (
+        ("StudyInstanceUID", study_uid),
+        ("SeriesInstanceUID", series_uid),
+        ("SOPInstanceUID", sop_uid),
+    ):
         if not value:
             # Orthanc 1.10.1 answers "Inexistent tag" (HTTP 404) here, not "Bad file format".
             raise DicomVaultError(ErrorCode.INEXISTENT_TAG, f"Missing tag {name} in the DICOM file")
     assert study_uid is not None and series_uid is not None and sop_uid is not None
     if not transfer_syntax:
-        transfer_syntax = _EXPLICIT_BE if not ds.is_little_endian else (_IMPLICIT_LE if ds.is_implicit_VR else "1.2.840.10008.1.2.1")
+        transfer_syntax = (
+            _EXPLICIT_BE if not ds.is_little_endian else (_IMPLICIT_LE if ds.is_implicit_VR else "1.2.840.10008.1.2.1")
+        )
     pixel_offset = stop_offset if _PIXEL_DATA in ds or _starts_pixel_data(raw, stop_offset, ds) else None
     return ParsedInstance(
         patient_key=patient_key,
@@ -123,14 +134,14 @@ def _starts_pixel_data(raw: bytes, offset: int, ds: Dataset) -> bool:
         return False
     fmt = "<HH" if ds.is_little_endian else ">HH"
     group, element = struct.unpack_from(fmt, raw, offset)
-    return (group << 16 | element) == _PIXEL_DATA
+    return bool((group << 16 | element) == _PIXEL_DATA)
 
 
 def _check_structure(raw: bytes, has_header: bool, ds: Dataset, transfer_syntax: str) -> None:
     if transfer_syntax == _DEFLATED:
         return  # the deflated body is checked by zlib while pydicom inflates it
     start = _dataset_start(raw) if has_header else 0
-    check_complete(raw, start, explicit_vr=not ds.is_implicit_VR, little_endian=ds.is_little_endian)
+    check_complete(raw, start, explicit_vr=not ds.is_implicit_VR, little_endian=bool(ds.is_little_endian))
 
 
 def _dataset_start(raw: bytes) -> int:
@@ -174,7 +185,7 @@ def element_string(elem: DataElement | RawDataElement, encodings: list[str]) -> 
         vr = elem.VR
         if isinstance(value, bytes) and vr is not None and vr not in ("US", "SS", "UL", "SL", "FL", "FD", "AT", "SQ"):
             if vr in _TEXT_VRS:
-                text = decode_bytes(value, encodings, {"\\", "^", "="} if vr == "PN" else {"\\"})
+                text = decode_bytes(value, encodings, _PN_DELIMITERS if vr == "PN" else _DELIMITERS)
             else:
                 text = value.decode("ascii", errors="replace")
             return text.rstrip(" \x00")

@@ -135,7 +135,9 @@ def children_of(tx: ReadTx, ref: ResourceRef, level: ResourceType) -> list[Resou
 def ancestor_of(tx: ReadTx, ref: ResourceRef, level: ResourceType) -> ResourceRef:
     """`/instances/{id}/patient` and friends."""
     if level >= ref.level:
-        raise DicomVaultError(ErrorCode.BAD_REQUEST, f"a {level.label.lower()} is not above a {ref.level.label.lower()}")
+        raise DicomVaultError(
+            ErrorCode.BAD_REQUEST, f"a {level.label.lower()} is not above a {ref.level.label.lower()}"
+        )
     found = tx.ancestor(ref, level)
     if found is None:  # pragma: no cover - every resource has its full ancestry
         raise DicomVaultError(ErrorCode.INTERNAL_ERROR, f"broken hierarchy above {ref.public_id}")

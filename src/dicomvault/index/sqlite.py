@@ -96,7 +96,9 @@ class SQLiteBackend:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DicomVaultError(ErrorCode.MAKE_DIRECTORY, f"cannot create the index folder {directory}: {exc}") from exc
+            raise DicomVaultError(
+                ErrorCode.MAKE_DIRECTORY, f"cannot create the index folder {directory}: {exc}"
+            ) from exc
         self._lock = self._acquire_lock()
         try:
             exists = self.path.exists()
@@ -106,7 +108,11 @@ class SQLiteBackend:
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
-                    logger.warning("SQLite refused WAL mode on %s (got %s): readers will wait for writers", self.path, mode)
+                    logger.warning(
+                        "SQLite refused WAL mode on %s (got %s): readers will wait for writers",
+                        self.path,
+                        mode,
+                    )
                 self._prepare(conn, fresh=not exists)
             finally:
                 conn.close()
@@ -151,12 +157,14 @@ class SQLiteBackend:
             return
         if "GlobalProperties" not in tables:
             raise DicomVaultError(
-                ErrorCode.INCOMPATIBLE_DATABASE_VERSION, f"{self.path} is an SQLite file but not a dicomvault index"
+                ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
+                f"{self.path} is an SQLite file but not a dicomvault index",
             )
         version = ReadTx(conn).global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION)
         if version is None:
             raise DicomVaultError(
-                ErrorCode.INCOMPATIBLE_DATABASE_VERSION, f"{self.path} is an SQLite file but not a dicomvault index"
+                ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
+                f"{self.path} is an SQLite file but not a dicomvault index",
             )
         if version != str(SCHEMA_VERSION):
             raise DicomVaultError(

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dicomvault.dicom.parsing import ParsedInstance
-from dicomvault.enums import ChangeType, CompressionType, FileContentType, GlobalProperty, MetadataType, ResourceType
+from dicomvault.enums import (
+    ChangeType,
+    CompressionType,
+    FileContentType,
+    GlobalProperty,
+    MetadataType,
+    ResourceType,
+)
 from dicomvault.model import FileInfo, ResourceRef
 
 _CHUNK = 500  # bound on "IN (...)" lists
@@ -20,6 +27,7 @@ _CHUNK = 500  # bound on "IN (...)" lists
 
 class Executor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -162,8 +170,7 @@ class ReadTx:
         out: dict[int, dict[int, str]] = {i: {} for i in internal_ids}
         for chunk in _chunks(internal_ids):
             for iid, group, element, value in self._all(
-                "SELECT id, tagGroup, tagElement, value FROM MainDicomTags "
-                f"WHERE id IN ({_placeholders(len(chunk))})",
+                f"SELECT id, tagGroup, tagElement, value FROM MainDicomTags WHERE id IN ({_placeholders(len(chunk))})",
                 chunk,
             ):
                 out[int(iid)][(int(group) << 16) | int(element)] = value
@@ -182,7 +189,8 @@ class ReadTx:
 
     def attachment(self, internal_id: int, content_type: int) -> FileInfo | None:
         row = self._one(
-            f"SELECT {_FILE_COLUMNS} FROM AttachedFiles WHERE id = ? AND fileType = ?", (internal_id, int(content_type))
+            f"SELECT {_FILE_COLUMNS} FROM AttachedFiles WHERE id = ? AND fileType = ?",
+            (internal_id, int(content_type)),
         )
         return None if row is None else _file_info(row)
 
@@ -204,8 +212,12 @@ class ReadTx:
         return {row[0] for row in self._all("SELECT uuid FROM AttachedFiles")}
 
     def statistics(self) -> Statistics:
-        counts = {int(t): int(n) for t, n in self._all("SELECT resourceType, COUNT(*) FROM Resources GROUP BY resourceType")}
-        disk, plain = self._one("SELECT COALESCE(SUM(compressedSize), 0), COALESCE(SUM(uncompressedSize), 0) FROM AttachedFiles")
+        counts = {
+            int(t): int(n) for t, n in self._all("SELECT resourceType, COUNT(*) FROM Resources GROUP BY resourceType")
+        }
+        disk, plain = self._one(
+            "SELECT COALESCE(SUM(compressedSize), 0), COALESCE(SUM(uncompressedSize), 0) FROM AttachedFiles"
+        )
         return Statistics(
             count_patients=counts.get(ResourceType.PATIENT, 0),
             count_studies=counts.get(ResourceType.STUDY, 0),
@@ -227,7 +239,8 @@ class WriteTx(ReadTx):
 
     def _insert_resource(self, level: ResourceType, public_id: str, parent: int | None) -> int:
         self._cur.execute(
-            "INSERT INTO Resources(resourceType, publicId, parentId) VALUES (?, ?, ?)", (int(level), public_id, parent)
+            "INSERT INTO Resources(resourceType, publicId, parentId) VALUES (?, ?, ?)",
+            (int(level), public_id, parent),
         )
         ref = self.lookup(public_id)
         assert ref is not None
@@ -305,7 +318,9 @@ class WriteTx(ReadTx):
             self.set_metadata(refs[level].internal_id, MetadataType.LAST_UPDATE, now)
         if expected_instances is not None and refs[ResourceType.SERIES] in created:
             self.set_metadata(
-                refs[ResourceType.SERIES].internal_id, MetadataType.SERIES_EXPECTED_NUMBER_OF_INSTANCES, str(expected_instances)
+                refs[ResourceType.SERIES].internal_id,
+                MetadataType.SERIES_EXPECTED_NUMBER_OF_INSTANCES,
+                str(expected_instances),
             )
         for mtype, value in instance_metadata.items():
             self.set_metadata(instance.internal_id, mtype, value)

@@ -72,4 +72,6 @@ def create_app(context: ServerContext) -> ASGIApp:
     app.router.redirect_slashes = False
     app.state.context = context
     cfg = context.config
-    return AccessControl(_StripTrailingSlash(app), cfg.remote_access_allowed, cfg.authentication_enabled, cfg.registered_users)
+    return AccessControl(
+        _StripTrailingSlash(app), cfg.remote_access_allowed, cfg.authentication_enabled, cfg.registered_users
+    )

@@ -86,7 +86,9 @@ async def file(request: Request) -> Response:
     if info.compression == CompressionType.NONE:
         path = ctx.accessor.area.path(info.uuid)
         if not path.is_file():
-            raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"the file of instance {request.path_params['id']} is missing")
+            raise DicomVaultError(
+                ErrorCode.INEXISTENT_FILE, f"the file of instance {request.path_params['id']} is missing"
+            )
         return FileResponse(path, media_type="application/dicom", headers=headers)
     data = await run_in_threadpool(ctx.accessor.read, info)
     return Response(data, media_type="application/dicom", headers=headers)

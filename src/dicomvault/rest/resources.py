@@ -43,7 +43,8 @@ def list_route(level: ResourceType) -> Route:
         if (since is None) != (limit is None):
             missing = "since" if since is None else "limit"
             raise DicomVaultError(
-                ErrorCode.BAD_REQUEST, f'Missing "{missing}" argument for GET request against: /{level.plural}/'
+                ErrorCode.BAD_REQUEST,
+                f'Missing "{missing}" argument for GET request against: /{level.plural}/',
             )
 
         def read(tx: ReadTx) -> list[Any]:
@@ -70,7 +71,11 @@ def one_route(level: ResourceType) -> Route:
         deleter = Deleter(ctx.index, ctx.accessor)
         outcome = await run_in_threadpool(deleter.delete, level, request.path_params["id"], now_iso(ctx.clock))
         ancestor = outcome.remaining_ancestor
-        remaining = None if ancestor is None else {"ID": ancestor.public_id, "Path": ancestor.path, "Type": ancestor.level.label}
+        remaining = (
+            None
+            if ancestor is None
+            else {"ID": ancestor.public_id, "Path": ancestor.path, "Type": ancestor.level.label}
+        )
         return JsonResponse({"RemainingAncestor": remaining})
 
     async def endpoint(request: Request) -> Response:

@@ -50,7 +50,9 @@ def check_basic(header: str | None, users: Mapping[str, str]) -> str | None:
 
 
 class AccessControl:
-    def __init__(self, app: ASGIApp, remote_access_allowed: bool, authentication: bool, users: Mapping[str, str]) -> None:
+    def __init__(
+        self, app: ASGIApp, remote_access_allowed: bool, authentication: bool, users: Mapping[str, str]
+    ) -> None:
         self.app = app
         self.remote_access_allowed = remote_access_allowed
         self.authentication = authentication
@@ -75,7 +77,12 @@ class AccessControl:
                     break
             user = check_basic(header, self.users)
             if user is None:
-                logger.info("refused %s %s from %s: missing or wrong credentials", scope["method"], scope["path"], host)
+                logger.info(
+                    "refused %s %s from %s: missing or wrong credentials",
+                    scope["method"],
+                    scope["path"],
+                    host,
+                )
                 await _refuse(scope, send, 401, ErrorCode.UNAUTHORIZED, None, REALM)
                 return
             username = user
@@ -83,9 +90,14 @@ class AccessControl:
         await self.app(scope, receive, send)
 
 
-async def _refuse(scope: Scope, send: Send, status: int, code: ErrorCode, details: str | None, realm: str | None) -> None:
+async def _refuse(
+    scope: Scope, send: Send, status: int, code: ErrorCode, details: str | None, realm: str | None
+) -> None:
     body = orjson.dumps(error_body(scope["method"], scope["path"], status, code, details), option=orjson.OPT_SORT_KEYS)
-    headers = [(b"content-type", b"application/json; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
     if realm:
         headers.append((b"www-authenticate", realm.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})

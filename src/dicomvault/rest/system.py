@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydicom.uid import generate_uid
+from pydicom.uid import generate_uid as make_uid
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -42,7 +42,7 @@ async def system(request: Request) -> Response:
             "DicomAet": cfg.dicom_aet,
             "DicomPort": cfg.dicom_port,
             "HttpPort": cfg.http_port,
-            "IsHttpServerSecure": cfg.authentication_enabled or not cfg.remote_access_allowed,
+            "IsHttpServerSecure": cfg.is_http_server_secure,
             "Name": cfg.name,
             "PluginsEnabled": False,
             "StorageAreaPlugin": None,
@@ -89,7 +89,7 @@ async def generate_uid(request: Request) -> Response:
         ResourceType.from_label(level)
     except ValueError as exc:
         raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"unknown resource level: {level}") from exc
-    return PlainTextResponse(generate_uid(prefix=UID_PREFIX), media_type="text/plain")
+    return PlainTextResponse(make_uid(prefix=UID_PREFIX), media_type="text/plain")
 
 
 def routes() -> list[Route]:
