@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicomvault.config import Config, config_from_mapping
 from starlette.testclient import TestClient
 
+from dicomvault.config import Config, config_from_mapping
 from dicomvault.server import Server, build, default_executor
 from tests.servers import RunningServer
 

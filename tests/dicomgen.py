@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1234.1"
 
@@ -79,8 +79,8 @@ def make_dataset(spec: Spec) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = getattr(ds, "SOPInstanceUID", generate_uid())
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    meta.TransferSyntaxUID = UID(ExplicitVRLittleEndian)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_UID)
     ds.file_meta = meta
     return ds
 

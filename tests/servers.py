@@ -38,6 +38,7 @@ class RunningServer:
 
     def __init__(self, base: Path, overrides: dict[str, Any]) -> None:
         self.base = base
+        base.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.config_path = base / "config.json"
         data = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,9 @@ def _store(
 
 
 @pytest.fixture
-def index(tmp_path: Path) -> Index:
+def index(tmp_path: Path) -> Iterator[Index]:
     idx = Index(SQLiteBackend(tmp_path))
-    yield idx  # type: ignore[misc]
+    yield idx
     idx.close()
 
 

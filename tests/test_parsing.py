@@ -8,7 +8,7 @@ import struct
 import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from dicomvault.dicom.parsing import parse_instance, public_id
 from dicomvault.enums import ResourceType
@@ -87,7 +87,7 @@ def test_element_claiming_four_gigabytes_is_refused() -> None:
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian])
 def test_other_transfer_syntaxes(syntax: str) -> None:
     ds = make_dataset(Spec(seed=8))
-    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     out = io.BytesIO()
     ds.save_as(
         out,

@@ -11,7 +11,16 @@ from starlette.testclient import TestClient
 from tests.dicomgen import Spec, make_bytes
 
 PATIENT_KEYS = {"ID", "IsStable", "LastUpdate", "MainDicomTags", "Studies", "Type"}
-STUDY_KEYS = {"ID", "IsStable", "LastUpdate", "MainDicomTags", "ParentPatient", "PatientMainDicomTags", "Series", "Type"}
+STUDY_KEYS = {
+    "ID",
+    "IsStable",
+    "LastUpdate",
+    "MainDicomTags",
+    "ParentPatient",
+    "PatientMainDicomTags",
+    "Series",
+    "Type",
+}
 SERIES_KEYS = {
     "ExpectedNumberOfInstances",
     "ID",
@@ -87,7 +96,9 @@ def test_descriptions_per_level(client: TestClient, populated: dict[str, str]) -
     instance = client.get(f"/instances/{populated['b1']}").json()
     assert set(instance) == INSTANCE_KEYS and instance["IndexInSeries"] == 7
     assert instance["ParentSeries"] == populated["b1.series"]
-    assert instance["FileSize"] == len(make_bytes(Spec(seed=3, patient_id="B", patient_name="Bee^Bob", modality="MR", instance_number=7)))
+    assert instance["FileSize"] == len(
+        make_bytes(Spec(seed=3, patient_id="B", patient_name="Bee^Bob", modality="MR", instance_number=7))
+    )
 
 
 def test_series_status_from_expected_instances(client: TestClient) -> None:
@@ -137,7 +148,12 @@ def test_system(client: TestClient) -> None:
 
 def test_statistics_follow_uploads_and_deletes(client: TestClient, populated: dict[str, str]) -> None:
     stats = client.get("/statistics").json()
-    assert (stats["CountPatients"], stats["CountStudies"], stats["CountSeries"], stats["CountInstances"]) == (2, 3, 3, 4)
+    assert (stats["CountPatients"], stats["CountStudies"], stats["CountSeries"], stats["CountInstances"]) == (
+        2,
+        3,
+        3,
+        4,
+    )
     assert int(stats["TotalDiskSize"]) == int(stats["TotalUncompressedSize"]) > 0
     client.delete(f"/patients/{populated['a1.patient']}")
     stats = client.get("/statistics").json()

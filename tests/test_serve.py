@@ -42,7 +42,7 @@ def test_pyorthanc_client_unchanged(running_server: Callable[..., RunningServer]
     (series,) = study.series
     assert series.modality == "CT" and len(series.instances) == 2
     assert series.instances[0].get_dicom_file_content() == make_bytes(Spec(seed=5, instance_number=1))
-    with pytest.raises(httpx.HTTPStatusError):
+    with pytest.raises(httpx.HTTPError, match="401"):
         Orthanc(srv.url, username="alice", password="nope").get_patients()
 
 
@@ -51,10 +51,12 @@ def test_folder_configuration_with_comments(tmp_path: Path) -> None:
     folder.mkdir()
     port = free_port()
     (folder / "a.json").write_text(
-        "{\n  // the storage\n  \"StorageDirectory\": \"" + str(tmp_path / "store") + "\", /* inline */\n"
+        '{\n  // the storage\n  "StorageDirectory": "' + str(tmp_path / "store") + '", /* inline */\n'
         f'  "HttpPort": {port}\n}}\n'
     )
-    (folder / "b.json").write_text('{ "Name": "from-folder", "SomethingUnknown": 1, "DicomPort": ' + str(free_port()) + " }")
+    (folder / "b.json").write_text(
+        '{ "Name": "from-folder", "SomethingUnknown": 1, "DicomPort": ' + str(free_port()) + " }"
+    )
     srv = RunningServer.__new__(RunningServer)
     srv.base, srv.port, srv.config_path, srv.log_path, srv.proc = tmp_path, port, folder, tmp_path / "log", None
     srv.start()

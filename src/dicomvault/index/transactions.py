@@ -105,7 +105,8 @@ class ReadTx:
         out: dict[int, ResourceRef] = {}
         for chunk in _chunks(internal_ids):
             for iid, rtype, pid in self._all(
-                f"SELECT internalId, resourceType, publicId FROM Resources WHERE internalId IN ({_placeholders(len(chunk))})",
+                "SELECT internalId, resourceType, publicId FROM Resources "
+                f"WHERE internalId IN ({_placeholders(len(chunk))})",
                 chunk,
             ):
                 out[int(iid)] = ResourceRef(ResourceType(rtype), pid, int(iid))

@@ -66,7 +66,8 @@ def iter_zip(body: bytes, limit: int) -> Iterator[tuple[str, bytes]]:
             if data is None:
                 raise DicomVaultError(
                     ErrorCode.BAD_REQUEST,
-                    f"zip entry {info.filename!r} expands beyond the allowed size (MaximumUploadSize or ratio {MAX_RATIO}:1)",
+                    f"zip entry {info.filename!r} expands beyond the allowed size "
+                    f"(MaximumUploadSize or ratio {MAX_RATIO}:1)",
                     http_status=413,
                 )
             total += len(data)
