@@ -4,7 +4,6 @@ pool per test session), servers over a real socket (the `dicomvault serve` comma
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,16 @@ import pytest
 from starlette.testclient import TestClient
 
 from dicomvault.config import Config, config_from_mapping
-from dicomvault.server import Server, build, default_executor
+from dicomvault.ingest.pool import WorkerPool
+from dicomvault.server import Server, build
 from tests.servers import RunningServer
 
 
 @pytest.fixture(scope="session")
-def worker_pool() -> Iterator[Executor]:
-    pool = default_executor(2)
+def worker_pool() -> Iterator[WorkerPool]:
+    pool = WorkerPool(2)
     yield pool
-    pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown()
 
 
 @pytest.fixture
@@ -39,11 +39,11 @@ def make_config(tmp_path: Path) -> Callable[..., Config]:
 
 
 @pytest.fixture
-def make_server(make_config: Callable[..., Config], worker_pool: Executor) -> Iterator[Callable[..., Server]]:
+def make_server(make_config: Callable[..., Config], worker_pool: WorkerPool) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
     def factory(**overrides: Any) -> Server:
-        server = build(make_config(**overrides), executor=worker_pool)
+        server = build(make_config(**overrides), workers=worker_pool)
         servers.append(server)
         return server
 

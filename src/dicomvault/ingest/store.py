@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +20,8 @@ from dicomvault.enums import MetadataType, RequestOrigin, ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.database import Index
 from dicomvault.index.transactions import CreateOutcome, WriteTx
-from dicomvault.ingest.worker import Prepared, StorageSettings, prepare_instance
+from dicomvault.ingest.pool import WorkerPool
+from dicomvault.ingest.worker import Prepared, StorageSettings
 from dicomvault.model import FileInfo, StoreResult, StoreStatus
 from dicomvault.storage.accessor import StorageAccessor
 
@@ -97,31 +97,33 @@ class Ingest:
         index: Index,
         accessor: StorageAccessor,
         settings: StorageSettings,
-        executor: Executor,
+        workers: WorkerPool,
         overwrite: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._index = index
         self._accessor = accessor
         self._settings = settings
-        self._executor = executor
+        self._workers = workers
         self._overwrite = overwrite
         self._clock = clock
 
     async def store(self, raw: bytes, origin: Origin) -> StoreResult:
-        loop = asyncio.get_running_loop()
-        prepared: Prepared = await loop.run_in_executor(self._executor, prepare_instance, raw, self._settings)
+        prepared = await self._workers.prepare_async(raw, self._settings)
         write = self._index_write(prepared, origin)
+        loop = asyncio.get_running_loop()
         try:
             outcome = await self._index.write_async(write)
         except BaseException:
             await loop.run_in_executor(None, self._discard, prepared.file)
             raise
+        if outcome.stored and not outcome.replaced:
+            return self._finish(prepared, outcome)  # nothing to remove: no thread hop
         return await loop.run_in_executor(None, self._finish, prepared, outcome)
 
     def store_sync(self, raw: bytes, origin: Origin) -> StoreResult:
         """The same pipeline for callers on plain threads (the DICOM server)."""
-        prepared = self._executor.submit(prepare_instance, raw, self._settings).result()
+        prepared = self._workers.prepare(raw, self._settings)
         try:
             outcome = self._index.write(self._index_write(prepared, origin))
         except BaseException:

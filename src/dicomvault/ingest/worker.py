@@ -7,7 +7,6 @@ once (`_accessor`) from the `StorageSettings` it is given.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,10 +41,3 @@ def prepare_instance(raw: bytes, settings: StorageSettings) -> Prepared:
     parsed = parse_instance(raw)
     info = _accessor(settings).write(raw, FileContentType.DICOM)
     return Prepared(parsed, info)
-
-
-def warm_up() -> int:
-    """Pool initializer: import the heavy modules once per worker process."""
-    import pydicom  # noqa: F401
-
-    return os.getpid()
