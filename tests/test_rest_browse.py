@@ -72,7 +72,11 @@ def test_since_and_limit(client: TestClient, populated: dict[str, str]) -> None:
     for bad in ("/instances?since=1", "/instances?limit=1"):
         answer = client.get(bad)
         assert answer.status_code == 400 and answer.json()["OrthancStatus"] == 8
-    assert client.get("/instances?since=x&limit=1").status_code == 400
+    assert client.get("/instances?since=x&limit=1").json()["OrthancStatus"] == 5
+    # Orthanc 1.10.1: limit 0 answers nothing, a negative limit means all, a negative since means 0.
+    assert client.get("/instances?since=0&limit=0").json() == []
+    assert client.get("/instances?since=1&limit=-1").json() == everything[1:]
+    assert client.get("/instances?since=-5&limit=2").json() == everything[:2]
 
 
 def test_descriptions_per_level(client: TestClient, populated: dict[str, str]) -> None:
@@ -165,8 +169,11 @@ def test_tools(client: TestClient) -> None:
     uid = client.get("/tools/generate-uid?level=study").text
     assert re.fullmatch(r"[0-9.]{10,64}", uid)
     assert client.get("/tools/generate-uid?level=study").text != uid
-    assert client.get("/tools/generate-uid?level=nope").status_code == 400
+    assert client.get("/tools/generate-uid?level=nope").status_code == 404  # as Orthanc 1.10.1
     assert client.get("/tools/generate-uid").status_code == 404
+    patient = client.get("/tools/generate-uid?level=patient")
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", patient.text)
+    assert patient.headers["content-type"] == "text/plain"
 
 
 def test_wrong_method(client: TestClient) -> None:

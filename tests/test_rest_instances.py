@@ -137,6 +137,13 @@ def test_gzip_body(client: TestClient) -> None:
     assert answer.status_code == 200 and answer.json()["ID"] == INSTANCE_1
 
 
+def test_gzip_announced_but_not_gzip(client: TestClient, server: Server) -> None:
+    # Orthanc 1.10.1 answers 500 after seconds here; a client error deserves a 400.
+    answer = client.post("/instances", content=b"not gzip at all", headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 400 and answer.json()["OrthancStatus"] == 8
+    assert_nothing_stored(client, server)
+
+
 def test_upload_over_maximum_size(make_server: Callable[..., Server]) -> None:
     server = make_server(MaximumUploadSize=1000)
     with TestClient(server.app(), client=("127.0.0.1", 1)) as client:  # type: ignore[arg-type]

@@ -45,6 +45,7 @@ class ErrorCode(IntEnum):
     CORRUPTED_FILE = 20
     INEXISTENT_TAG = 21
     READ_ONLY = 22
+    UNKNOWN_DICOM_TAG = 27
     BAD_JSON = 28
     UNAUTHORIZED = 29
     EMPTY_REQUEST = 33
@@ -89,6 +90,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.CORRUPTED_FILE: "Corrupted file (e.g. inconsistent MD5 hash)",
     ErrorCode.INEXISTENT_TAG: "Inexistent tag",
     ErrorCode.READ_ONLY: "Cannot modify a read-only data structure",
+    ErrorCode.UNKNOWN_DICOM_TAG: "Unknown DICOM tag",
     ErrorCode.BAD_JSON: "Cannot parse a JSON document",
     ErrorCode.UNAUTHORIZED: "Bad credentials were provided to an HTTP request",
     ErrorCode.EMPTY_REQUEST: "The request is empty",

@@ -8,7 +8,8 @@ Orthanc 1.10.1:
 * A level lists its tags as `gggg-eeee` (lowercase), the file meta information excluded; a
   sequence lists its items as `"0"`, `"1"`...; PixelData lists its fragments, the basic offset
   table being `"0"` when encapsulated, or `["0"]` (the whole value) when native.
-* A tag segment is `gggg-eeee`, `gggg,eeee`, `ggggeeee` (any case) or a dictionary keyword; anything
+* A tag segment is `gggg-eeee`, `gggg,eeee`, `ggggeeee` (any case) or a name of DCMTK's dictionary
+  (`PatientID`, `RETIRED_StudyComments`; names of its private dictionary are not known here); anything
   else is error 27 "Unknown DICOM tag" (HTTP 500). A tag that is absent, an index out of range,
   or a segment below a leaf answers 404.
 * An item index is read as C++'s `lexical_cast<size_t>` reads it (`+1`, `-0` and `-1` parse,
@@ -24,7 +25,6 @@ import logging
 import re
 import struct
 
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from dicomvault.dicom.tags_json import (
@@ -35,7 +35,7 @@ from dicomvault.dicom.tags_json import (
     raw_value,
     sequence_items,
     stored_value,
-    tag_name,
+    tag_for_name,
 )
 from dicomvault.errors import DicomVaultError, ErrorCode
 
@@ -50,9 +50,7 @@ _SIZE_T = 1 << 64
 _ITEM = 0xFFFEE000
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 
-# Orthanc's error 27 ("Unknown DICOM tag", HTTP 500) is not in ErrorCode: INTERNAL_ERROR has the
-# same HTTP status.
-_UNKNOWN_DICOM_TAG = ErrorCode.INTERNAL_ERROR
+_UNKNOWN_DICOM_TAG = ErrorCode.UNKNOWN_DICOM_TAG  # Orthanc's error 27, HTTP 500
 
 
 def parse_tag(text: str) -> int:
@@ -61,9 +59,8 @@ def parse_tag(text: str) -> int:
     match = _HEX_TAG.fullmatch(text)
     if match:
         return int(match.group(1), 16) << 16 | int(match.group(2), 16)
-    keyword = text.removeprefix("RETIRED_")
-    tag = tag_for_keyword(keyword) if keyword.isidentifier() else None
-    if tag is None or tag_name(tag) not in (keyword, f"RETIRED_{keyword}"):
+    tag = tag_for_name(text)
+    if tag is None:
         raise DicomVaultError(_UNKNOWN_DICOM_TAG, f"Unknown DICOM tag: {text!r}")
     return tag
 

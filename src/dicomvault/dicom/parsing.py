@@ -36,6 +36,7 @@ _DELIMITERS = {0x5C}
 _PN_DELIMITERS = {0x5C, 0x5E, 0x3D}
 
 MainTags = tuple[tuple[int, str], ...]
+MAX_MAIN_TAG_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def parse_instance(raw: bytes) -> ParsedInstance:
         has_header = len(raw) >= _PREAMBLE + 4 and raw[_PREAMBLE : _PREAMBLE + 4] == b"DICM"
         ds = pydicom.dcmread(stream, stop_before_pixels=True, force=not has_header)
         stop_offset = stream.tell()
+        if has_header and len(ds.file_meta) == 0:
+            raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, "DICOM file without file meta information")
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if has_header else ""
         _check_structure(raw, has_header, ds, transfer_syntax)
         charset = ds._character_set  # pydicom's Python codec(s) for this data set
@@ -165,7 +168,8 @@ def _extract(ds: Dataset, tags: MainTags, encodings: list[str]) -> MainTags:
     out: list[tuple[int, str]] = []
     for tag, _name in tags:
         value = _string(ds, tag, encodings)
-        if value is not None:
+        # Orthanc keeps no main DICOM tag value longer than 256 characters.
+        if value is not None and len(value) <= MAX_MAIN_TAG_LENGTH:
             out.append((tag, value))
     return tuple(out)
 

@@ -118,7 +118,7 @@ def _series_status(expected: int | None, instances: list[int], tx: ReadTx) -> st
     for iid in instances:
         index = _int_or_none(indexes[iid].get(MetadataType.INSTANCE_INDEX_IN_SERIES))
         if index is None:
-            return "Unknown"
+            continue  # as Orthanc: an instance without index neither completes nor breaks a series
         if index <= 0 or index > expected or index in seen:
             return "Inconsistent"
         seen.add(index)

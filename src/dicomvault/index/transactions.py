@@ -158,12 +158,13 @@ class ReadTx:
             current = self.parent(current)
         return current
 
-    def list_resources(self, level: ResourceType, since: int = 0, limit: int = 0) -> list[ResourceRef]:
+    def list_resources(self, level: ResourceType, since: int = 0, limit: int | None = None) -> list[ResourceRef]:
+        """Resources of a level in creation order; `limit=None` means all of them."""
         sql = "SELECT internalId, publicId FROM Resources WHERE resourceType = ? ORDER BY internalId"
         params: list[Any] = [int(level)]
-        if limit > 0 or since > 0:
+        if limit is not None or since > 0:
             sql += " LIMIT ? OFFSET ?"
-            params += [limit if limit > 0 else -1, since]
+            params += [limit if limit is not None else -1, since]
         return [ResourceRef(level, pid, int(iid)) for iid, pid in self._all(sql, params)]
 
     # -- tags, metadata, attachments -----------------------------------------------------------

@@ -39,13 +39,11 @@ def flag(request: Request, name: str) -> bool:
 
 
 def int_argument(request: Request, name: str) -> int | None:
+    """An integer GET argument (possibly negative); not an integer is Orthanc's "Bad type"."""
     raw = request.query_params.get(name)
     if raw is None:
         return None
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError as exc:
-        raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"argument {name} must be an integer: {raw!r}") from exc
-    if value < 0:
-        raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"argument {name} must be non-negative")
-    return value
+        raise DicomVaultError(ErrorCode.BAD_PARAMETER_TYPE, f"argument {name} must be an integer: {raw!r}") from exc

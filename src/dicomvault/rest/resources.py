@@ -39,6 +39,8 @@ def list_route(level: ResourceType) -> Route:
         expand = flag(request, "expand")
         since = int_argument(request, "since")
         limit = int_argument(request, "limit")
+        # Orthanc 1.10.1: a negative "since" counts from 0, a negative "limit" means no limit,
+        # and "limit=0" answers nothing.
         # As Orthanc: "since" and "limit" go together.
         if (since is None) != (limit is None):
             missing = "since" if since is None else "limit"
@@ -48,8 +50,11 @@ def list_route(level: ResourceType) -> Route:
             )
 
         def read(tx: ReadTx) -> list[Any]:
-            refs = tx.list_resources(level, since or 0, limit or 0)
-            return _render(ctx, tx, refs, expand)
+            if limit == 0:
+                return []
+            start = max(since or 0, 0)
+            count = limit if limit is not None and limit > 0 else None
+            return _render(ctx, tx, tx.list_resources(level, start, count), expand)
 
         return JsonResponse(await run_in_threadpool(ctx.index.read, read))
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from pydicom.uid import generate_uid as make_uid
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomvault import __version__
@@ -72,24 +73,29 @@ async def statistics(request: Request) -> Response:
     )
 
 
+def _text(value: str) -> Response:
+    # Orthanc answers these as bare `text/plain` (no charset parameter).
+    return Response(value.encode(), headers={"content-type": "text/plain"})
+
+
 async def tools_now(request: Request) -> Response:
-    return PlainTextResponse(now_iso(_ctx(request).clock), media_type="text/plain")
+    return _text(now_iso(_ctx(request).clock))
 
 
 async def tools_now_local(request: Request) -> Response:
-    return PlainTextResponse(datetime.fromtimestamp(_ctx(request).clock()).strftime("%Y%m%dT%H%M%S"))
+    return _text(datetime.fromtimestamp(_ctx(request).clock()).strftime("%Y%m%dT%H%M%S"))
 
 
 async def generate_uid(request: Request) -> Response:
-    level = request.query_params.get("level")
-    if level is None:
-        # Orthanc 1.10.1 treats the route as unknown without its mandatory argument.
-        raise DicomVaultError(ErrorCode.UNKNOWN_RESOURCE, 'missing the "level" argument')
+    level_name = request.query_params.get("level")
     try:
-        ResourceType.from_label(level)
+        level = ResourceType.from_label(level_name or "")
     except ValueError as exc:
-        raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"unknown resource level: {level}") from exc
-    return PlainTextResponse(make_uid(prefix=UID_PREFIX), media_type="text/plain")
+        # Orthanc 1.10.1 treats the route as unknown without a valid "level".
+        raise DicomVaultError(ErrorCode.UNKNOWN_RESOURCE, f"missing or unknown level: {level_name!r}") from exc
+    if level is ResourceType.PATIENT:
+        return _text(str(uuid.uuid4()))  # a PatientID is no UID: Orthanc makes a UUID
+    return _text(make_uid(prefix=UID_PREFIX))
 
 
 def routes() -> list[Route]:
