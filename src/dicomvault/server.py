@@ -20,8 +20,8 @@ from dicomvault.context import ServerContext
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.database import Index
 from dicomvault.index.sqlite import INDEX_FILENAME, SQLiteBackend
-from dicomvault.ingest.store import Ingest
 from dicomvault.ingest.pool import WorkerPool
+from dicomvault.ingest.store import Ingest
 from dicomvault.ingest.worker import StorageSettings
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
 from dicomvault.storage.area import FilesystemStorageArea
