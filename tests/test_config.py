@@ -67,9 +67,7 @@ def test_defaults_without_configuration(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_config_is_frozen_and_read_only(tmp_path: Path) -> None:
-    config = load_text(
-        tmp_path, '{"DicomModalities": {"pacs": ["PACS", "localhost", 104]}, "Plugins": ["a"]}'
-    )
+    config = load_text(tmp_path, '{"DicomModalities": {"pacs": ["PACS", "localhost", 104]}, "Plugins": ["a"]}')
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.http_port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -91,9 +89,7 @@ def test_option_gives_checked_values_and_defaults(tmp_path: Path) -> None:
 
 
 def test_repr_hides_secrets(tmp_path: Path) -> None:
-    config = load_text(
-        tmp_path, '{"RegisteredUsers": {"alice": "s3cret"}, "PostgreSQL": {"Password": "pgs3cret"}}'
-    )
+    config = load_text(tmp_path, '{"RegisteredUsers": {"alice": "s3cret"}, "PostgreSQL": {"Password": "pgs3cret"}}')
     assert "s3cret" not in repr(config)
 
 
@@ -122,9 +118,7 @@ def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     assert load_config(path, env=NO_ENV).name == "bom"
 
 
-def test_key_repeated_in_one_file_keeps_last_with_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_key_repeated_in_one_file_keeps_last_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = load_text(tmp_path, '{"Name": "first", "Name": "second"}')
     assert config.name == "second"
     assert any('"Name" appears twice' in w for w in warnings_of(caplog))
@@ -269,9 +263,7 @@ def test_unknown_key_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert config.http_port == 8042
     assert config.raw["MyOwnSetting"] == {"a": 1}
     warnings = warnings_of(caplog)
-    assert any(
-        '"HttpPorts"' in w and 'did you mean "HttpPort"' in w and "orthanc.json" in w for w in warnings
-    )
+    assert any('"HttpPorts"' in w and 'did you mean "HttpPort"' in w and "orthanc.json" in w for w in warnings)
     assert any('"MyOwnSetting"' in w for w in warnings)
 
 
@@ -366,17 +358,13 @@ def test_typed_values(tmp_path: Path) -> None:
 # --- Paths ------------------------------------------------------------------------------------
 
 
-def test_relative_paths_follow_the_configuration_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_paths_follow_the_configuration_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Observed with Orthanc 1.10.1: relative paths are taken from the configuration file's folder,
     # not from the working directory.
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    path = write(
-        tmp_path / "conf" / "orthanc.json", '{"StorageDirectory": "Store", "TemporaryDirectory": "tmp"}'
-    )
+    path = write(tmp_path / "conf" / "orthanc.json", '{"StorageDirectory": "Store", "TemporaryDirectory": "tmp"}')
     config = load_config(Path("..") / "conf" / "orthanc.json", env=NO_ENV)
     assert config.storage_directory.resolve() == path.parent / "Store"
     assert config.storage_directory.is_absolute()
@@ -486,9 +474,7 @@ def orthanc_sample() -> str:
 
 
 @pytest.mark.orthanc
-def test_every_orthanc_key_is_known(
-    orthanc_sample: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_every_orthanc_key_is_known(orthanc_sample: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     sample = json5.loads(orthanc_sample)
     assert len(sample) > 80
     unknown = [name for name in sample if name not in KEYS_BY_NAME]

@@ -193,9 +193,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
         files = [path]
         base = path.absolute().parent
     else:
-        raise DicomVaultError(
-            ErrorCode.INEXISTENT_FILE, f"configuration file or folder {path} does not exist"
-        )
+        raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"configuration file or folder {path} does not exist")
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for file in files:
@@ -223,8 +221,7 @@ def config_from_mapping(
     environment = os.environ if env is None else env
     missing: set[str] = set()
     substituted = {
-        _substitute_plain(k, environment, missing): _substitute_tree(v, environment, missing)
-        for k, v in data.items()
+        _substitute_plain(k, environment, missing): _substitute_tree(v, environment, missing) for k, v in data.items()
     }
     _warn_missing(missing, source)
     base = (base_directory or Path.cwd()).absolute()
@@ -244,9 +241,7 @@ def _folder_files(folder: Path) -> list[Path]:
         ) from exc
     files = [p for p in entries if p.suffix.lower() == ".json" and p.is_file()]
     if not files:
-        raise DicomVaultError(
-            ErrorCode.INEXISTENT_FILE, f"configuration folder {folder} contains no *.json file"
-        )
+        raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"configuration folder {folder} contains no *.json file")
     return files
 
 
@@ -272,9 +267,7 @@ def _read_file(file: Path, env: Mapping[str, str]) -> dict[str, Any]:
     for name in duplicates:
         logger.warning('key "%s" appears twice in one object of %s: the last value wins', name, file)
     if not isinstance(data, dict):
-        raise DicomVaultError(
-            ErrorCode.BAD_JSON, f"configuration file {file} must hold a JSON object {{...}}"
-        )
+        raise DicomVaultError(ErrorCode.BAD_JSON, f"configuration file {file} must hold a JSON object {{...}}")
     return data
 
 
@@ -357,9 +350,7 @@ def _substitute_tree(value: Any, env: Mapping[str, str], missing: set[str]) -> A
     if isinstance(value, str):
         return _substitute_plain(value, env, missing)
     if isinstance(value, Mapping):
-        return {
-            _substitute_plain(k, env, missing): _substitute_tree(v, env, missing) for k, v in value.items()
-        }
+        return {_substitute_plain(k, env, missing): _substitute_tree(v, env, missing) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_substitute_tree(v, env, missing) for v in value]
     return value
@@ -367,9 +358,7 @@ def _substitute_tree(value: Any, env: Mapping[str, str], missing: set[str]) -> A
 
 def _warn_missing(missing: set[str], where: str) -> None:
     for name in sorted(missing):
-        logger.warning(
-            'environment variable "%s" used in %s is not set: replaced by an empty string', name, where
-        )
+        logger.warning('environment variable "%s" used in %s is not set: replaced by an empty string', name, where)
 
 
 # --- Checking ---------------------------------------------------------------------------------
@@ -504,9 +493,7 @@ def _build(
     return Config(**fields, raw=_freeze(raw), source=source, files=files, base_directory=base)
 
 
-def _effective_authentication(
-    raw: Mapping[str, Any], users: Mapping[str, str]
-) -> tuple[bool, Mapping[str, str]]:
+def _effective_authentication(raw: Mapping[str, Any], users: Mapping[str, str]) -> tuple[bool, Mapping[str, str]]:
     """Orthanc's rules (>= 1.5.8), observed on 1.10.1: see the module docstring."""
     remote = bool(raw.get("RemoteAccessAllowed", False))
     explicit = raw.get("AuthenticationEnabled")
@@ -521,7 +508,5 @@ def _effective_authentication(
                 *DEFAULT_USER,
             )
             return True, MappingProxyType({DEFAULT_USER[0]: DEFAULT_USER[1]})
-        logger.warning(
-            'HTTP authentication is on but "RegisteredUsers" is empty: every request will be refused'
-        )
+        logger.warning('HTTP authentication is on but "RegisteredUsers" is empty: every request will be refused')
     return enabled, users

@@ -25,6 +25,7 @@ import logging
 import re
 import struct
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from dicomvault.dicom.tags_json import (
@@ -48,14 +49,13 @@ _HEX_TAG = re.compile(r"([0-9A-Fa-f]{4})[-,]?([0-9A-Fa-f]{4})")
 _INDEX = re.compile(r"([+-]?)([0-9]+)")
 _SIZE_T = 1 << 64
 _ITEM = 0xFFFEE000
-_SEQUENCE_DELIMITER = 0xFFFEE0DD
 
 _UNKNOWN_DICOM_TAG = ErrorCode.UNKNOWN_DICOM_TAG  # Orthanc's error 27, HTTP 500
 
 
 def parse_tag(text: str) -> int:
-    """A tag from a URI segment: hexadecimal in three spellings, or a keyword (`PatientID`,
-    also with DCMTK's `RETIRED_` prefix)."""
+    """A tag from a URI segment: hexadecimal in three spellings, or a name of DCMTK's dictionary
+    (`PatientID`, `RETIRED_StudyComments`)."""
     match = _HEX_TAG.fullmatch(text)
     if match:
         return int(match.group(1), 16) << 16 | int(match.group(2), 16)
@@ -100,9 +100,10 @@ def fragments(data: bytes) -> list[bytes]:
         tag_group, tag_element, length = struct.unpack_from("<HHI", data, offset)
         tag = tag_group << 16 | tag_element
         offset += 8
-        if tag == _SEQUENCE_DELIMITER or tag != _ITEM:
+        if tag != _ITEM:  # the sequence delimiter, or garbage
             break
-        found.append(data[offset : offset + length])
+        piece = data[offset : offset + length]
+        found.append(piece + b"\0" if len(piece) % 2 else piece)  # DCMTK pads odd items too
         offset += length
     return found
 
@@ -110,8 +111,7 @@ def fragments(data: bytes) -> list[bytes]:
 def _pixel_data(ds: Dataset, elem: Element, vr: str) -> list[bytes]:
     """Native pixel data is one piece; encapsulated pixel data is its list of items."""
     data = raw_value(ds, elem, vr)
-    length = getattr(elem, "length", None)
-    undefined = length == 0xFFFFFFFF if length is not None else bool(getattr(elem, "is_undefined_length", False))
+    undefined = elem.length == 0xFFFFFFFF if isinstance(elem, RawDataElement) else elem.is_undefined_length
     if undefined:
         return fragments(data)
     return [stored_value(vr, data)]

@@ -20,9 +20,10 @@ mirrored here, all measured against Orthanc 1.10.1:
   values are ignored). See `_decoder` for Orthanc's handling of each term.
 * Names come from DCMTK 3.6.7's dictionary: pydicom's keywords with `RETIRED_` before retired
   ones, `Unknown Tag & Data` for tags DCMTK does not know (those newer than 2022, every private
-  tag) and DCMTK's generic names for group lengths and private creators. A private element
-  whose creator is in the same item also carries `"PrivateCreator"`. DCMTK's private dictionary
-  (vendor names such as `CSAImageHeaderType`) is not reproduced: such tags stay unknown here.
+  tag) and DCMTK's generic names for group lengths and private creators. A private leaf (not
+  a sequence) whose creator is in the same item also carries `"PrivateCreator"`. DCMTK's
+  private dictionary (vendor names such as `CSAImageHeaderType`, and their VRs in implicit VR
+  files) is not reproduced: such tags stay unknown here.
 * In implicit VR files the VR is DCMTK's: US/SS pairs are resolved by PixelRepresentation for
   the tags DCMTK handles, everything else it cannot resolve is Null.
 """
@@ -30,15 +31,16 @@ mirrored here, all measured against Orthanc 1.10.1:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from pydicom.charset import convert_encodings
-from pydicom.datadict import DicomDictionary, get_entry
+from pydicom.datadict import dictionary_has_tag, get_entry, keyword_dict
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -77,27 +79,24 @@ WORD_SIZES: dict[str, int] = {
 # ---- DCMTK 3.6.7's data dictionary, as differences from pydicom 3.0.2's --------------------------
 
 # Tags pydicom knows but DCMTK 3.6.7 does not (added to the standard later): unknown to Orthanc.
-_UNKNOWN_TO_DCMTK = frozenset(
-    int(t, 16)
-    for t in """
-0008001c 00080400 00080401 00080402 00080403 00080404 00080405 00080406 00080407 00080408 00080409
-0008040a 0008040b 0008040c 0008040d 0008040e 0008040f 00080410 00080411 00080412 00080413 00080414
-00080415 00080416 00080417 00080418 00080419 0008041a 0008041b 0008041c 0008041d 0008041e 0008041f
-00080420 00080421 00080422 00080423 00080424 00080425 00080426 00080427 00080428 00080429 00081112
-0008119b 00102161 00120022 00120023 00120032 00120041 00120043 00120054 00120055 00120073 00140200
-00140201 00140202 00140203 00140204 00140205 00140206 00140207 00181204 00181205 00189821 00189822
-00189823 00189824 00189825 00189826 00189828 00189829 0018982a 0018982b 0018982c 0018982d 0018982e
-0018982f 00189830 00189831 00189832 00189833 00189834 00189835 00189836 0022000f 00283001 003a0317
-003a0318 003a0319 003a0320 003a0321 003a0322 003a0323 003a0324 003a0325 003a0326 003a0327 003a0328
-003a0329 003a032a 003a032b 003a032c 003a032d 003a032e 00480114 00480115 00480116 00480117 00700315
-30020100 30020101 30020102 30020103 30020104 30020105 30020106 30020107 30020108 30020109 3002010a
-3002010b 3002010c 3002010d 3002010e 3002010f 30020110 30020111 30020112 30020113 30020114 30020115
-30020116 30020117 30020118 30020119 3002011a 3002011b 3002011c 3002011d 3002011e 3002011f 30020120
-30020121 30020122 30020123 30020124 30020125 30020126 30020127 30020128 30020129 3002012a 3002012b
-3002012c 3002012d 3002012e 3002012f 30020130 30020131 30020132 30020133 30020134 30020135 3006002d
-3006002e 3006004b 3006004c 3006004d 3006004e 3006004f 300800a1 300800a2 300800a3 300800a4 300a0054
-300a068b 300a079f 300a07a0 300a07a1 300c0129 301000a0 7fe00003""".split()
-)
+_UNKNOWN_TO_DCMTK_TEXT = """
+0008001c 00080400 00080401 00080402 00080403 00080404 00080405 00080406 00080407 00080408 00080409 0008040a 0008040b
+0008040c 0008040d 0008040e 0008040f 00080410 00080411 00080412 00080413 00080414 00080415 00080416 00080417 00080418
+00080419 0008041a 0008041b 0008041c 0008041d 0008041e 0008041f 00080420 00080421 00080422 00080423 00080424 00080425
+00080426 00080427 00080428 00080429 00081112 0008119b 00102161 00120022 00120023 00120032 00120041 00120043 00120054
+00120055 00120073 00140200 00140201 00140202 00140203 00140204 00140205 00140206 00140207 00181204 00181205 00189821
+00189822 00189823 00189824 00189825 00189826 00189828 00189829 0018982a 0018982b 0018982c 0018982d 0018982e 0018982f
+00189830 00189831 00189832 00189833 00189834 00189835 00189836 0022000f 00283001 003a0317 003a0318 003a0319 003a0320
+003a0321 003a0322 003a0323 003a0324 003a0325 003a0326 003a0327 003a0328 003a0329 003a032a 003a032b 003a032c 003a032d
+003a032e 00480114 00480115 00480116 00480117 00700315 30020100 30020101 30020102 30020103 30020104 30020105 30020106
+30020107 30020108 30020109 3002010a 3002010b 3002010c 3002010d 3002010e 3002010f 30020110 30020111 30020112 30020113
+30020114 30020115 30020116 30020117 30020118 30020119 3002011a 3002011b 3002011c 3002011d 3002011e 3002011f 30020120
+30020121 30020122 30020123 30020124 30020125 30020126 30020127 30020128 30020129 3002012a 3002012b 3002012c 3002012d
+3002012e 3002012f 30020130 30020131 30020132 30020133 30020134 30020135 3006002d 3006002e 3006004b 3006004c 3006004d
+3006004e 3006004f 300800a1 300800a2 300800a3 300800a4 300a0054 300a068b 300a079f 300a07a0 300a07a1 300c0129 301000a0
+7fe00003
+"""
+_UNKNOWN_TO_DCMTK = frozenset(int(tag, 16) for tag in _UNKNOWN_TO_DCMTK_TEXT.split())
 # DCMTK names that differ from "pydicom keyword, RETIRED_ if retired": retired later than 2022,
 # and retired entries DCMTK lists one by one where pydicom has a repeating mask.
 _DCMTK_NAMES: dict[int, str] = {
@@ -117,20 +116,14 @@ _DCMTK_NAMES: dict[int, str] = {
 }
 _DCMTK_VRS = {0x00060001: "SQ"}  # the one DCMTK entry pydicom 3.0.2 lacks
 # Elements of DCMTK's repeating groups (even groups 50xx, 60xx, 7Fxx; (0020,31xx) even).
-_REPEATING: dict[int, frozenset[int]] = {
-    0x5000: frozenset(
-        int(e, 16)
-        for e in "0005 0010 0020 0022 0030 0040 0103 0104 0105 0106 0110 0112 0114 1001 2000 2002 "
-        "2004 2006 2008 200a 200c 200e 2500 2600 2610 3000".split()
-    ),
-    0x6000: frozenset(
-        int(e, 16)
-        for e in "0010 0011 0012 0015 0022 0040 0045 0050 0051 0052 0060 0061 0062 0063 0066 0068 "
-        "0069 0100 0102 0110 0200 0800 0802 0803 0804 1001 1100 1101 1102 1103 1200 1201 1202 1203 "
-        "1301 1302 1303 1500 3000 4000".split()
-    ),
-    0x7F00: frozenset({0x0010, 0x0011, 0x0020, 0x0030, 0x0040}),
+_REPEATING_TEXT = {
+    0x5000: "0005 0010 0020 0022 0030 0040 0103 0104 0105 0106 0110 0112 0114 1001 2000 2002 "
+    "2004 2006 2008 200a 200c 200e 2500 2600 2610 3000",
+    0x6000: "0010 0011 0012 0015 0022 0040 0045 0050 0051 0052 0060 0061 0062 0063 0066 0068 0069 0100 0102 0110 "
+    "0200 0800 0802 0803 0804 1001 1100 1101 1102 1103 1200 1201 1202 1203 1301 1302 1303 1500 3000 4000",
+    0x7F00: "0010 0011 0020 0030 0040",
 }
+_REPEATING = {base: frozenset(int(e, 16) for e in text.split()) for base, text in _REPEATING_TEXT.items()}
 # Implicit VR: DCMTK's "US or SS" tags it resolves with PixelRepresentation (others stay Null).
 _XS_RESOLVED = frozenset(
     {0x00280106, 0x00280107, 0x00280108, 0x00280109, 0x00280120, 0x00280121, 0x00283002, 0x00409211}
@@ -138,51 +131,62 @@ _XS_RESOLVED = frozenset(
 )
 _UP_TAGS = frozenset({0x00041200, 0x00041202, 0x00041400, 0x00041420, 0x00041504})  # DCMTK's "up"
 
-_names: dict[int, str] = {}
-
 
 def _dictionary_entry(tag: int) -> tuple[str, str] | None:
     """(VR, DCMTK name) of a public tag, None if DCMTK 3.6.7 does not know it."""
     group, element = tag >> 16, tag & 0xFFFF
     if element == 0:
-        if tag in DicomDictionary:
-            return "UL", DicomDictionary[tag][4]
-        return "UL", "GenericGroupLength"
+        return "UL", get_entry(tag)[4] if dictionary_has_tag(tag) else "GenericGroupLength"
     if tag in _UNKNOWN_TO_DCMTK:
         return None
     if tag in _DCMTK_NAMES:
         return _DCMTK_VRS.get(tag) or get_entry(tag)[0], _DCMTK_NAMES[tag]
-    entry = DicomDictionary.get(tag)
-    if entry is None:
+    if dictionary_has_tag(tag):
+        entry = get_entry(tag)
+    else:
         base = group & 0xFF01
-        if base in _REPEATING and element in _REPEATING[base]:
-            entry = get_entry(tag)
-        elif group == 0x0020 and 0x3100 <= element <= 0x31FF and element % 2 == 0:
+        repeating = base in _REPEATING and element in _REPEATING[base]
+        if repeating or (group == 0x0020 and 0x3100 <= element <= 0x31FF and element % 2 == 0):
             entry = get_entry(tag)
         else:
             return None
     vr, _vm, _desc, retired, keyword = entry
+    if not keyword:  # a few withdrawn entries of pydicom's dictionary have none
+        return None
     return vr, (f"RETIRED_{keyword}" if retired == "Retired" else keyword)
 
 
+@functools.cache
 def tag_name(tag: int) -> str:
     """Orthanc's `Name` of a tag (without looking at private creators)."""
-    name = _names.get(tag)
-    if name is None:
-        group, element = tag >> 16, tag & 0xFFFF
-        if group & 1:
-            legal = group > 0x0008
-            if element == 0:
-                name = "PrivateGroupLength" if legal else "IllegalGroupLength"
-            elif 0x0010 <= element <= 0x00FF:
-                name = "PrivateCreator" if legal else "IllegalPrivateCreator"
-            else:
-                name = UNKNOWN_NAME
-        else:
-            entry = _dictionary_entry(tag)
-            name = UNKNOWN_NAME if entry is None else entry[1]
-        _names[tag] = name
-    return name
+    group, element = tag >> 16, tag & 0xFFFF
+    if group & 1:
+        legal = group > 0x0008
+        if element == 0:
+            return "PrivateGroupLength" if legal else "IllegalGroupLength"
+        if 0x0010 <= element <= 0x00FF:
+            return "PrivateCreator" if legal else "IllegalPrivateCreator"
+        return UNKNOWN_NAME
+    entry = _dictionary_entry(tag)
+    return UNKNOWN_NAME if entry is None else entry[1]
+
+
+@functools.cache
+def _tags_by_name() -> dict[str, int]:
+    index: dict[str, int] = {}
+    candidates = [*keyword_dict.values(), *_DCMTK_NAMES, 0x00203100]
+    candidates += [base << 16 | element for base, elements in _REPEATING.items() for element in elements]
+    for tag in sorted(candidates, reverse=True):  # the lowest tag wins, as for repeating groups
+        if not tag >> 16 & 1:
+            index[tag_name(tag)] = tag
+    index.pop(UNKNOWN_NAME, None)
+    return index
+
+
+def tag_for_name(name: str) -> int | None:
+    """The tag DCMTK's dictionary gives a name (`PatientID`, `RETIRED_StudyComments`, `OverlayRows`
+    for the first group of a repeating one), None if it has no such public name."""
+    return _tags_by_name().get(name)
 
 
 def _implicit_vr(tag: int, ds: Dataset) -> str:
@@ -291,12 +295,6 @@ def _encode(ds: Dataset, elem: DataElement, vr: str) -> bytes:
     """What pydicom writes for an element's value (explicit VR little endian)."""
     if elem.is_empty or vr not in writers:
         return b""
-    if vr != elem.VR:
-        elem = copy.copy(elem)
-        elem.VR = vr
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
     if elem.is_buffered:
         stream = elem.value
         position = stream.tell()
@@ -304,13 +302,25 @@ def _encode(ds: Dataset, elem: DataElement, vr: str) -> bytes:
             return bytes(stream.read())
         finally:
             stream.seek(position)
-    function, parameter = writers[vr]  # type: ignore[index]
-    if vr in CUSTOMIZABLE_CHARSET_VR:
-        function(buffer, elem, encodings=_writer_encodings(ds))
-    elif parameter is not None:
-        function(buffer, elem, parameter)
-    else:
-        function(buffer, elem)
+    if vr != elem.VR:
+        elem = copy.copy(elem)
+        elem.VR = vr
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    writer, parameter = writers[vr]  # type: ignore[index]
+    function = cast(Callable[..., None], writer)
+    try:
+        if vr in CUSTOMIZABLE_CHARSET_VR:
+            function(buffer, elem, encodings=_writer_encodings(ds))
+        elif parameter is not None:
+            function(buffer, elem, parameter)
+        else:
+            function(buffer, elem)
+    except (TypeError, ValueError, struct.error) as exc:
+        # e.g. numbers whose "US or SS" VR could not be resolved: pydicom could not save them either
+        logger.debug("cannot encode %s as %s: %s", elem.tag, vr, exc)
+        return b""
     return buffer.getvalue()
 
 
@@ -485,9 +495,9 @@ class _Renderer:
                 out[key] = value
                 continue
             entry: dict[str, Any] = {"Name": name}
-            # Orthanc names the creator of private leaves of the top level only, not of
-            # sequences nor of anything inside them.
-            if top and items is None and tag & 0x10000 and (tag & 0xFFFF) >= 0x1000 and tag >> 16 > 0x0008:
+            # Orthanc names the creator (found in the same item) of private leaves, not of
+            # private sequences.
+            if items is None and tag & 0x10000 and (tag & 0xFFFF) >= 0x1000 and tag >> 16 > 0x0008:
                 if creators is None:
                     creators = self.creators(ds)
                 creator = creators.get(tag >> 16 << 8 | (tag & 0xFF00) >> 8)
