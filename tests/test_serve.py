@@ -109,3 +109,11 @@ def test_port_in_use_is_refused(running_server: Callable[..., RunningServer], tm
     config.write_text(json.dumps({"StorageDirectory": str(tmp_path / "s2"), "HttpPort": srv.port}))
     result = _serve(config, tmp_path)
     assert result.returncode == 3 and f"HTTP port {srv.port}" in result.stderr
+
+
+def test_sigterm_stops_cleanly(running_server: Callable[..., RunningServer]) -> None:
+    srv = running_server()
+    assert srv.proc is not None
+    srv.proc.terminate()
+    assert srv.proc.wait(timeout=15) == 0
+    assert "dicomvault has stopped" in srv.log_path.read_text()

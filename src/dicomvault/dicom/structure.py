@@ -71,41 +71,27 @@ def _walk(buf: memoryview, pos: int, end: int, explicit: bool, bo: str, depth: i
             if length > end - pos:
                 raise _truncated(pos - header)
             if vr == b"SQ" and length:
-                _walk_defined_items(buf, pos, pos + length, explicit, bo, depth + 1)
+                _walk_items(buf, pos, pos + length, explicit, bo, depth + 1, delimited=False)
             pos += length
     if in_item:
         raise _truncated(pos)
     return pos
 
 
-def _walk_items(buf: memoryview, pos: int, end: int, explicit: bool, bo: str, depth: int) -> int:
-    """Items of an undefined-length sequence (or encapsulated pixel data) up to its delimiter."""
+def _walk_items(
+    buf: memoryview, pos: int, end: int, explicit: bool, bo: str, depth: int, delimited: bool = True
+) -> int:
+    """Items of a sequence or of encapsulated pixel data. `delimited`: undefined length, read up to
+    the sequence delimiter; otherwise the items fill [pos, end) exactly."""
     tag_fmt = bo + "HHI"
-    while True:
+    while delimited or pos < end:
         if end - pos < 8:
             raise _truncated(pos)
         group, element, length = struct.unpack_from(tag_fmt, buf, pos)
         tag = (group << 16) | element
-        pos += 8
-        if tag == _SEQ_END:
-            return pos
+        if delimited and tag == _SEQ_END:
+            return pos + 8
         if tag != _ITEM:
-            raise _truncated(pos - 8)
-        if length == _UNDEFINED:
-            pos = _walk(buf, pos, end, explicit, bo, depth, True)
-        else:
-            if length > end - pos:
-                raise _truncated(pos - 8)
-            pos += length
-
-
-def _walk_defined_items(buf: memoryview, pos: int, end: int, explicit: bool, bo: str, depth: int) -> None:
-    tag_fmt = bo + "HHI"
-    while pos < end:
-        if end - pos < 8:
-            raise _truncated(pos)
-        group, element, length = struct.unpack_from(tag_fmt, buf, pos)
-        if (group << 16) | element != _ITEM:
             raise _truncated(pos)
         pos += 8
         if length == _UNDEFINED:
@@ -114,3 +100,4 @@ def _walk_defined_items(buf: memoryview, pos: int, end: int, explicit: bool, bo:
             if length > end - pos:
                 raise _truncated(pos - 8)
             pos += length
+    return pos

@@ -22,15 +22,10 @@ from dicomvault.index.transactions import ReadTx
 from dicomvault.ingest.archives import is_zip, iter_zip
 from dicomvault.ingest.store import Origin
 from dicomvault.model import FileInfo
-from dicomvault.rest.requests import read_body
+from dicomvault.rest.requests import context, read_body
 from dicomvault.rest.responses import JsonResponse
 
 logger = logging.getLogger(__name__)
-
-
-def _ctx(request: Request) -> ServerContext:
-    ctx: ServerContext = request.app.state.context
-    return ctx
 
 
 def _origin(request: Request) -> Origin:
@@ -44,7 +39,7 @@ def _origin(request: Request) -> Origin:
 
 
 async def upload(request: Request) -> Response:
-    ctx = _ctx(request)
+    ctx = context(request)
     body = await read_body(request, ctx.config.maximum_upload_size)
     origin = _origin(request)
     if is_zip(body):
@@ -80,7 +75,7 @@ def _load_dicom(ctx: ServerContext, public_id: str) -> bytes:
 
 
 async def file(request: Request) -> Response:
-    ctx = _ctx(request)
+    ctx = context(request)
     info = await run_in_threadpool(_dicom_file, ctx, request.path_params["id"])
     headers = {"Content-Disposition": f'filename="{info.uuid}.dcm"'}
     if info.compression == CompressionType.NONE:
@@ -95,7 +90,7 @@ async def file(request: Request) -> Response:
 
 
 async def _tags_answer(request: Request, form: TagsFormat, header: bool) -> Response:
-    ctx = _ctx(request)
+    ctx = context(request)
     public_id = request.path_params["id"]
 
     def work() -> dict[str, Any]:
@@ -118,7 +113,7 @@ async def header(request: Request) -> Response:
 
 
 async def content(request: Request) -> Response:
-    ctx = _ctx(request)
+    ctx = context(request)
     public_id = request.path_params["id"]
     path = [p for p in request.path_params.get("path", "").split("/") if p]
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from dicomvault.context import ServerContext
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.ingest.archives import gunzip, too_large
+
+
+def context(request: Request) -> ServerContext:
+    """The server's services, as `create_app` stored them on the application."""
+    ctx: ServerContext = request.app.state.context
+    return ctx
 
 
 async def read_body(request: Request, limit: int) -> bytes:

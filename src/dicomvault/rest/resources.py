@@ -18,13 +18,8 @@ from dicomvault.index.transactions import ReadTx
 from dicomvault.ingest.delete import Deleter
 from dicomvault.ingest.store import now_iso
 from dicomvault.model import ResourceRef
-from dicomvault.rest.requests import flag, int_argument
+from dicomvault.rest.requests import context, flag, int_argument
 from dicomvault.rest.responses import JsonResponse
-
-
-def _ctx(request: Request) -> ServerContext:
-    ctx: ServerContext = request.app.state.context
-    return ctx
 
 
 def _render(ctx: ServerContext, tx: ReadTx, refs: list[ResourceRef], expand: bool) -> list[Any]:
@@ -35,7 +30,7 @@ def _render(ctx: ServerContext, tx: ReadTx, refs: list[ResourceRef], expand: boo
 
 def list_route(level: ResourceType) -> Route:
     async def endpoint(request: Request) -> Response:
-        ctx = _ctx(request)
+        ctx = context(request)
         expand = flag(request, "expand")
         since = int_argument(request, "since")
         limit = int_argument(request, "limit")
@@ -63,7 +58,7 @@ def list_route(level: ResourceType) -> Route:
 
 def one_route(level: ResourceType) -> Route:
     async def get(request: Request) -> Response:
-        ctx = _ctx(request)
+        ctx = context(request)
         public_id = request.path_params["id"]
 
         def read(tx: ReadTx) -> Any:
@@ -72,7 +67,7 @@ def one_route(level: ResourceType) -> Route:
         return JsonResponse(await run_in_threadpool(ctx.index.read, read))
 
     async def delete(request: Request) -> Response:
-        ctx = _ctx(request)
+        ctx = context(request)
         deleter = Deleter(ctx.index, ctx.accessor)
         outcome = await run_in_threadpool(deleter.delete, level, request.path_params["id"], now_iso(ctx.clock))
         ancestor = outcome.remaining_ancestor
@@ -91,7 +86,7 @@ def one_route(level: ResourceType) -> Route:
 
 def children_route(level: ResourceType, below: ResourceType) -> Route:
     async def endpoint(request: Request) -> Response:
-        ctx = _ctx(request)
+        ctx = context(request)
         public_id = request.path_params["id"]
 
         def read(tx: ReadTx) -> list[Any]:
@@ -106,7 +101,7 @@ def children_route(level: ResourceType, below: ResourceType) -> Route:
 
 def parent_route(level: ResourceType, above: ResourceType) -> Route:
     async def endpoint(request: Request) -> Response:
-        ctx = _ctx(request)
+        ctx = context(request)
         public_id = request.path_params["id"]
 
         def read(tx: ReadTx) -> Any:

@@ -12,12 +12,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomvault import __version__
-from dicomvault.context import ServerContext
 from dicomvault.enums import ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.schema import ORTHANC_DATABASE_VERSION
 from dicomvault.index.transactions import Statistics
 from dicomvault.ingest.store import now_iso
+from dicomvault.rest.requests import context
 from dicomvault.rest.responses import JsonResponse
 
 # Orthanc 1.10.1's REST API version; clients (e.g. pyorthanc, OHIF plugins) test it for features.
@@ -27,13 +27,8 @@ ORTHANC_COMPATIBLE_VERSION = "1.10.1"
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 
 
-def _ctx(request: Request) -> ServerContext:
-    ctx: ServerContext = request.app.state.context
-    return ctx
-
-
 async def system(request: Request) -> Response:
-    cfg = _ctx(request).config
+    cfg = context(request).config
     return JsonResponse(
         {
             "ApiVersion": API_VERSION,
@@ -55,7 +50,7 @@ async def system(request: Request) -> Response:
 
 
 async def statistics(request: Request) -> Response:
-    ctx = _ctx(request)
+    ctx = context(request)
     stats: Statistics = await run_in_threadpool(ctx.index.read, lambda tx: tx.statistics())
     mb = 1024 * 1024
     return JsonResponse(
@@ -79,11 +74,11 @@ def _text(value: str) -> Response:
 
 
 async def tools_now(request: Request) -> Response:
-    return _text(now_iso(_ctx(request).clock))
+    return _text(now_iso(context(request).clock))
 
 
 async def tools_now_local(request: Request) -> Response:
-    return _text(datetime.fromtimestamp(_ctx(request).clock()).strftime("%Y%m%dT%H%M%S"))
+    return _text(datetime.fromtimestamp(context(request).clock()).strftime("%Y%m%dT%H%M%S"))
 
 
 async def generate_uid(request: Request) -> Response:

@@ -67,29 +67,21 @@ class StorageAccessor:
 
     def write(self, data: bytes, content_type: FileContentType | int) -> FileInfo:
         uuid = new_uuid()
-        store_md5 = self.policy.store_md5
-        plain_md5 = md5_hex(data) if store_md5 else ""
+        md5 = md5_hex if self.policy.store_md5 else (lambda _data: "")
         if self.policy.enabled:
-            stored = compress_zlib_with_size(data, self.policy.level)
-            self.area.create(uuid, stored)
-            return FileInfo(
-                uuid=uuid,
-                content_type=content_type,
-                uncompressed_size=len(data),
-                uncompressed_md5=plain_md5,
-                compression=CompressionType.ZLIB_WITH_SIZE,
-                compressed_size=len(stored),
-                compressed_md5=md5_hex(stored) if store_md5 else "",
-            )
-        self.area.create(uuid, data)
+            stored, compression = compress_zlib_with_size(data, self.policy.level), CompressionType.ZLIB_WITH_SIZE
+        else:
+            stored, compression = data, CompressionType.NONE
+        self.area.create(uuid, stored)
+        plain_md5 = md5(data)
         return FileInfo(
             uuid=uuid,
             content_type=content_type,
             uncompressed_size=len(data),
             uncompressed_md5=plain_md5,
-            compression=CompressionType.NONE,
-            compressed_size=len(data),
-            compressed_md5=plain_md5,
+            compression=compression,
+            compressed_size=len(stored),
+            compressed_md5=plain_md5 if stored is data else md5(stored),
         )
 
     def read(self, info: FileInfo) -> bytes:
