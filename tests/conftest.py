@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from dicomvault.config import Config, config_from_mapping
 from dicomvault.ingest.pool import WorkerPool
 from dicomvault.server import Server, build
+from tests.differential import auth_pair, checked, pair, processes  # noqa: F401  (shared fixtures)
 from tests.servers import RunningServer
 
 

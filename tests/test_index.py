@@ -65,7 +65,7 @@ def test_hierarchy_and_already_stored(index: Index) -> None:
         1,
         2,
     )
-    changes = index.read(lambda tx: tx._all("SELECT changeType, resourceType FROM Changes ORDER BY seq"))
+    changes = index.read(lambda tx: tx.fetch_all("SELECT changeType, resourceType FROM Changes ORDER BY seq"))
     # Orthanc logs from the instance up to the patient.
     assert changes[:4] == [
         (ChangeType.NEW_INSTANCE, 4),
@@ -99,14 +99,14 @@ def test_delete_climbs_empty_ancestors_and_logs(index: Index) -> None:
     # the study became empty and went too; the patient keeps the other study
     assert out.remaining_ancestor is not None and out.remaining_ancestor.public_id == parsed.patient_id
     assert index.read(lambda tx: tx.lookup(parsed.study_id)) is None
-    deleted = index.read(lambda tx: tx._all("SELECT resourceType, publicId FROM DeletedResources ORDER BY seq"))
+    deleted = index.read(lambda tx: tx.fetch_all("SELECT resourceType, publicId FROM DeletedResources ORDER BY seq"))
     assert (ResourceType.STUDY, parsed.study_id) in deleted and (
         ResourceType.INSTANCE,
         parsed.instance_id,
     ) in deleted
     # the deleted resources' past changes are gone (cascade), as in Orthanc
     leftover = index.read(
-        lambda tx: tx._all(
+        lambda tx: tx.fetch_all(
             "SELECT COUNT(*) FROM Changes c LEFT JOIN Resources r ON r.internalId = c.internalId WHERE r.internalId IS NULL"
         )
     )

@@ -88,15 +88,17 @@ class ReadTx:
     def __init__(self, cur: Executor) -> None:
         self._cur = cur
 
-    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    # The query primitives, for the operations of this module and of the other index modules
+    # (one module per concept: metadata, changes, find...). SQL uses `?` placeholders.
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(self._cur.execute(sql, params).fetchall())
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._cur.execute(sql, params).fetchone()
 
     # -- resources -----------------------------------------------------------------------------
     def lookup(self, public_id: str, level: ResourceType | None = None) -> ResourceRef | None:
-        row = self._one("SELECT internalId, resourceType FROM Resources WHERE publicId = ?", (public_id,))
+        row = self.fetch_one("SELECT internalId, resourceType FROM Resources WHERE publicId = ?", (public_id,))
         if row is None or (level is not None and row[1] != level):
             return None
         return ResourceRef(ResourceType(row[1]), public_id, int(row[0]))
@@ -104,7 +106,7 @@ class ReadTx:
     def refs(self, internal_ids: Sequence[int]) -> dict[int, ResourceRef]:
         out: dict[int, ResourceRef] = {}
         for chunk in _chunks(internal_ids):
-            for iid, rtype, pid in self._all(
+            for iid, rtype, pid in self.fetch_all(
                 "SELECT internalId, resourceType, publicId FROM Resources "
                 f"WHERE internalId IN ({_placeholders(len(chunk))})",
                 chunk,
@@ -113,7 +115,7 @@ class ReadTx:
         return out
 
     def parent(self, ref: ResourceRef) -> ResourceRef | None:
-        row = self._one(
+        row = self.fetch_one(
             "SELECT p.internalId, p.resourceType, p.publicId FROM Resources c JOIN Resources p "
             "ON p.internalId = c.parentId WHERE c.internalId = ?",
             (ref.internal_id,),
@@ -124,7 +126,7 @@ class ReadTx:
         """Child internal id -> parent public id."""
         out: dict[int, str] = {}
         for chunk in _chunks(internal_ids):
-            for cid, pid in self._all(
+            for cid, pid in self.fetch_all(
                 "SELECT c.internalId, p.publicId FROM Resources c JOIN Resources p ON p.internalId = c.parentId "
                 f"WHERE c.internalId IN ({_placeholders(len(chunk))})",
                 chunk,
@@ -136,7 +138,7 @@ class ReadTx:
         """Parent internal id -> its children, in creation order."""
         out: dict[int, list[ResourceRef]] = {i: [] for i in internal_ids}
         for chunk in _chunks(internal_ids):
-            for parent, iid, rtype, pid in self._all(
+            for parent, iid, rtype, pid in self.fetch_all(
                 "SELECT parentId, internalId, resourceType, publicId FROM Resources "
                 f"WHERE parentId IN ({_placeholders(len(chunk))}) ORDER BY internalId",
                 chunk,
@@ -165,13 +167,13 @@ class ReadTx:
         if limit is not None or since > 0:
             sql += " LIMIT ? OFFSET ?"
             params += [limit if limit is not None else -1, since]
-        return [ResourceRef(level, pid, int(iid)) for iid, pid in self._all(sql, params)]
+        return [ResourceRef(level, pid, int(iid)) for iid, pid in self.fetch_all(sql, params)]
 
     # -- tags, metadata, attachments -----------------------------------------------------------
     def main_tags(self, internal_ids: Sequence[int]) -> dict[int, dict[int, str]]:
         out: dict[int, dict[int, str]] = {i: {} for i in internal_ids}
         for chunk in _chunks(internal_ids):
-            for iid, group, element, value in self._all(
+            for iid, group, element, value in self.fetch_all(
                 f"SELECT id, tagGroup, tagElement, value FROM MainDicomTags WHERE id IN ({_placeholders(len(chunk))})",
                 chunk,
             ):
@@ -182,7 +184,7 @@ class ReadTx:
         out: dict[int, dict[int, str]] = {i: {} for i in internal_ids}
         type_filter = f" AND type IN ({_placeholders(len(types))})" if types else ""
         for chunk in _chunks(internal_ids):
-            for iid, mtype, value in self._all(
+            for iid, mtype, value in self.fetch_all(
                 f"SELECT id, type, value FROM Metadata WHERE id IN ({_placeholders(len(chunk))}){type_filter}",
                 [*chunk, *(types or ())],
             ):
@@ -190,7 +192,7 @@ class ReadTx:
         return out
 
     def attachment(self, internal_id: int, content_type: int) -> FileInfo | None:
-        row = self._one(
+        row = self.fetch_one(
             f"SELECT {_FILE_COLUMNS} FROM AttachedFiles WHERE id = ? AND fileType = ?",
             (internal_id, int(content_type)),
         )
@@ -203,7 +205,7 @@ class ReadTx:
             params: list[Any] = list(chunk)
             if content_type is not None:
                 params.append(int(content_type))
-            for row in self._all(
+            for row in self.fetch_all(
                 f"SELECT id, {_FILE_COLUMNS} FROM AttachedFiles WHERE id IN ({_placeholders(len(chunk))}){type_filter}",
                 params,
             ):
@@ -211,13 +213,13 @@ class ReadTx:
         return out
 
     def all_attachment_uuids(self) -> set[str]:
-        return {row[0] for row in self._all("SELECT uuid FROM AttachedFiles")}
+        return {row[0] for row in self.fetch_all("SELECT uuid FROM AttachedFiles")}
 
     def statistics(self) -> Statistics:
         counts = {
-            int(t): int(n) for t, n in self._all("SELECT resourceType, COUNT(*) FROM Resources GROUP BY resourceType")
+            int(t): int(n) for t, n in self.fetch_all("SELECT resourceType, COUNT(*) FROM Resources GROUP BY resourceType")
         }
-        disk, plain = self._one(
+        disk, plain = self.fetch_one(
             "SELECT COALESCE(SUM(compressedSize), 0), COALESCE(SUM(uncompressedSize), 0) FROM AttachedFiles"
         )
         return Statistics(
@@ -230,11 +232,17 @@ class ReadTx:
         )
 
     def global_property(self, prop: GlobalProperty | int) -> str | None:
-        row = self._one("SELECT value FROM GlobalProperties WHERE property = ?", (int(prop),))
+        row = self.fetch_one("SELECT value FROM GlobalProperties WHERE property = ?", (int(prop),))
         return None if row is None else str(row[0])
 
 
 class WriteTx(ReadTx):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._cur.execute(sql, params)
+
+    def execute_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._cur.executemany(sql, rows)
+
     def set_global_property(self, prop: GlobalProperty | int, value: str) -> None:
         self._cur.execute("DELETE FROM GlobalProperties WHERE property = ?", (int(prop),))
         self._cur.execute("INSERT INTO GlobalProperties(property, value) VALUES (?, ?)", (int(prop), value))
@@ -340,7 +348,7 @@ class WriteTx(ReadTx):
             if parent is None:
                 remaining = None
                 break
-            siblings = self._one("SELECT COUNT(*) FROM Resources WHERE parentId = ?", (parent.internal_id,))[0]
+            siblings = self.fetch_one("SELECT COUNT(*) FROM Resources WHERE parentId = ?", (parent.internal_id,))[0]
             if int(siblings) > 1:
                 remaining = parent
                 break
