@@ -216,9 +216,8 @@ class ReadTx:
         return {row[0] for row in self.fetch_all("SELECT uuid FROM AttachedFiles")}
 
     def statistics(self) -> Statistics:
-        counts = {
-            int(t): int(n) for t, n in self.fetch_all("SELECT resourceType, COUNT(*) FROM Resources GROUP BY resourceType")
-        }
+        rows = self.fetch_all("SELECT resourceType, COUNT(*) FROM Resources GROUP BY resourceType")
+        counts = {int(t): int(n) for t, n in rows}
         disk, plain = self.fetch_one(
             "SELECT COALESCE(SUM(compressedSize), 0), COALESCE(SUM(uncompressedSize), 0) FROM AttachedFiles"
         )

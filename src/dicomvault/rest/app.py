@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomvault.context import ServerContext
 from dicomvault.errors import DicomVaultError, ErrorCode
-from dicomvault.rest import instances, resources, system
+from dicomvault.rest import archives, attachments, changes, find, instances, metadata, resources, summaries, system
 from dicomvault.rest.responses import JsonResponse, error_body, error_response, internal_error_response
 from dicomvault.rest.security import AccessControl
 
@@ -57,7 +57,18 @@ class _StripTrailingSlash:
 
 
 def route_table() -> list[BaseRoute]:
-    return [*system.routes(), *instances.routes(), *resources.routes()]
+    # Specific routes first: Starlette takes the first match.
+    return [
+        *system.routes(),
+        *instances.routes(),
+        *metadata.routes(),
+        *attachments.routes(),
+        *changes.routes(),
+        *find.routes(),
+        *archives.routes(),
+        *summaries.routes(),
+        *resources.routes(),
+    ]
 
 
 def create_app(context: ServerContext) -> ASGIApp:

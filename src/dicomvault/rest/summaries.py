@@ -1,0 +1,9 @@
+"""REST routes of issue 4 (being implemented): summaries."""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+
+def routes() -> list[Route]:
+    return []
