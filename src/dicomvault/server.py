@@ -19,10 +19,13 @@ from dicomvault.config import Config
 from dicomvault.context import ServerContext
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.database import Index
+from dicomvault.index.recycling import StorageLimits, enforce
 from dicomvault.index.sqlite import INDEX_FILENAME, SQLiteBackend
+from dicomvault.index.transactions import WriteTx
 from dicomvault.ingest.pool import WorkerPool
-from dicomvault.ingest.store import Ingest
+from dicomvault.ingest.store import Ingest, now_iso
 from dicomvault.ingest.worker import StorageSettings
+from dicomvault.model import FileInfo
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
 from dicomvault.storage.area import FilesystemStorageArea
 
@@ -133,9 +136,32 @@ def build(config: Config, workers: WorkerPool | None = None, config_label: str |
     )
     owns = workers is None
     pool = workers or WorkerPool()
-    ingest = Ingest(index, accessor, settings, pool, overwrite=config.overwrite_instances)
+    limits = StorageLimits.from_config(
+        config.maximum_storage_size, config.maximum_patient_count, config.maximum_storage_mode
+    )
+    ingest = Ingest(index, accessor, settings, pool, overwrite=config.overwrite_instances, limits=limits)
+    _recycle_at_start(index, accessor, limits)
     context = ServerContext(config=config, index=index, accessor=accessor, ingest=ingest)
     return Server(context=context, workers=pool, owns_workers=owns)
+
+
+def _recycle_at_start(index: Index, accessor: StorageAccessor, limits: StorageLimits) -> None:
+    """As Orthanc: limits lowered since the last run are enforced before serving."""
+    if not limits.active:
+        return
+    if limits.reject:
+        return  # Reject mode never deletes: it only refuses new instances
+
+    def write(tx: WriteTx) -> list[FileInfo]:
+        return enforce(tx, limits, None, now_iso())
+
+    try:
+        files = index.write(write)
+    except DicomVaultError as exc:
+        logger.warning("cannot bring the archive within its limits at start-up: %s", exc)
+        return
+    for info in files:
+        accessor.remove(info)
 
 
 def install_signal_logging() -> None:

@@ -81,6 +81,27 @@ CREATE INDEX PatientRecyclingIndex ON PatientRecyclingOrder(patientId);
 CREATE TABLE Protected(
     patientId INTEGER PRIMARY KEY REFERENCES Resources(internalId) ON DELETE CASCADE
 );
+-- Running totals of the attachments' sizes, kept by triggers (cascaded deletes fire them too), so
+-- /statistics and the recycling check cost one row read whatever the archive size.
+CREATE TABLE StorageTotals(
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    compressedSize INTEGER NOT NULL,
+    uncompressedSize INTEGER NOT NULL
+);
+INSERT INTO StorageTotals(id, compressedSize, uncompressedSize) VALUES (0, 0, 0);
+CREATE TRIGGER AttachedFilesInserted AFTER INSERT ON AttachedFiles BEGIN
+    UPDATE StorageTotals SET compressedSize = compressedSize + new.compressedSize,
+                             uncompressedSize = uncompressedSize + new.uncompressedSize WHERE id = 0;
+END;
+CREATE TRIGGER AttachedFilesDeleted AFTER DELETE ON AttachedFiles BEGIN
+    UPDATE StorageTotals SET compressedSize = compressedSize - old.compressedSize,
+                             uncompressedSize = uncompressedSize - old.uncompressedSize WHERE id = 0;
+END;
+CREATE TRIGGER AttachedFilesUpdated AFTER UPDATE OF compressedSize, uncompressedSize ON AttachedFiles BEGIN
+    UPDATE StorageTotals SET compressedSize = compressedSize - old.compressedSize + new.compressedSize,
+                             uncompressedSize = uncompressedSize - old.uncompressedSize + new.uncompressedSize
+    WHERE id = 0;
+END;
 -- dicomvault's extension: every deletion, kept after the resource is gone (Orthanc's /changes
 -- forgets a deleted resource), so that replication can mirror deletions.
 CREATE TABLE DeletedResources(

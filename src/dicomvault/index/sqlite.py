@@ -183,5 +183,17 @@ class SQLiteBackend:
 
 
 def _split_sql(script: str) -> list[str]:
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Statements of a DDL script; trigger bodies (with inner `;`) stay whole."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.splitlines():
+        if line.strip().startswith("--") or not line.strip():
+            continue
+        current.append(line)
+        text = "\n".join(current)
+        if sqlite3.complete_statement(text):
+            statements.append(text.strip().rstrip(";"))
+            current = []
+    if current:
+        raise ValueError(f"incomplete SQL statement in the schema: {current[0]!r}")
+    return statements

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dicomvault.dicom.parsing import ParsedInstance
 from dicomvault.enums import (
@@ -23,6 +23,9 @@ from dicomvault.enums import (
 from dicomvault.model import FileInfo, ResourceRef
 
 _CHUNK = 500  # bound on "IN (...)" lists
+
+if TYPE_CHECKING:
+    from dicomvault.index.recycling import StorageLimits
 
 
 class Executor(Protocol):
@@ -46,7 +49,7 @@ class CreateOutcome:
 
     stored: bool
     instance: ResourceRef
-    replaced: tuple[FileInfo, ...] = ()
+    replaced: tuple[FileInfo, ...] = ()  # the overwritten instance's files, and recycled patients' ones
 
 
 @dataclass(frozen=True)
@@ -218,9 +221,7 @@ class ReadTx:
     def statistics(self) -> Statistics:
         rows = self.fetch_all("SELECT resourceType, COUNT(*) FROM Resources GROUP BY resourceType")
         counts = {int(t): int(n) for t, n in rows}
-        disk, plain = self.fetch_one(
-            "SELECT COALESCE(SUM(compressedSize), 0), COALESCE(SUM(uncompressedSize), 0) FROM AttachedFiles"
-        )
+        disk, plain = self.fetch_one("SELECT compressedSize, uncompressedSize FROM StorageTotals WHERE id = 0")
         return Statistics(
             count_patients=counts.get(ResourceType.PATIENT, 0),
             count_studies=counts.get(ResourceType.STUDY, 0),
@@ -288,6 +289,7 @@ class WriteTx(ReadTx):
         now: str,
         overwrite: bool,
         expected_instances: int | None,
+        limits: StorageLimits | None = None,
     ) -> CreateOutcome:
         """Index one new instance and whatever ancestors it creates (Orthanc's Store)."""
         replaced: tuple[FileInfo, ...] = ()
@@ -335,7 +337,16 @@ class WriteTx(ReadTx):
             self.set_metadata(instance.internal_id, mtype, value)
         patient = refs[ResourceType.PATIENT]
         self._cur.execute("DELETE FROM PatientRecyclingOrder WHERE patientId = ?", (patient.internal_id,))
-        self._cur.execute("INSERT INTO PatientRecyclingOrder(patientId) VALUES (?)", (patient.internal_id,))
+        # A protected patient stays out of the recycling order (as in Orthanc).
+        self._cur.execute(
+            "INSERT INTO PatientRecyclingOrder(patientId) SELECT ? WHERE NOT EXISTS "
+            "(SELECT 1 FROM Protected WHERE patientId = ?)",
+            (patient.internal_id, patient.internal_id),
+        )
+        if limits is not None:
+            from dicomvault.index.recycling import enforce  # recycling builds on this module
+
+            replaced += tuple(enforce(self, limits, patient.internal_id, now))
         return CreateOutcome(stored=True, instance=instance, replaced=replaced)
 
     def delete(self, ref: ResourceRef, now: str) -> DeleteOutcome:

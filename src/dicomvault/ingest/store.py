@@ -19,6 +19,7 @@ from dicomvault.dicom.parsing import ParsedInstance
 from dicomvault.enums import MetadataType, RequestOrigin, ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.database import Index
+from dicomvault.index.recycling import StorageLimits
 from dicomvault.index.transactions import CreateOutcome, WriteTx
 from dicomvault.ingest.pool import WorkerPool
 from dicomvault.ingest.worker import Prepared, StorageSettings
@@ -99,6 +100,7 @@ class Ingest:
         settings: StorageSettings,
         workers: WorkerPool,
         overwrite: bool = False,
+        limits: StorageLimits | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._index = index
@@ -106,6 +108,7 @@ class Ingest:
         self._settings = settings
         self._workers = workers
         self._overwrite = overwrite
+        self._limits = limits if limits is not None and limits.active else None
         self._clock = clock
 
     async def store(self, raw: bytes, origin: Origin) -> StoreResult:
@@ -139,7 +142,7 @@ class Ingest:
 
         def write(tx: WriteTx) -> CreateOutcome:
             try:
-                return tx.create_instance(parsed, prepared.file, meta, now, self._overwrite, expected)
+                return tx.create_instance(parsed, prepared.file, meta, now, self._overwrite, expected, self._limits)
             except ValueError as exc:
                 raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, str(exc)) from exc
 

@@ -14,7 +14,8 @@ from dicomvault.context import ServerContext
 from dicomvault.enums import ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.find.resources import ancestor_of, children_of, describe, require
-from dicomvault.index.transactions import ReadTx
+from dicomvault.index.recycling import is_protected, set_protected
+from dicomvault.index.transactions import ReadTx, WriteTx
 from dicomvault.ingest.delete import Deleter
 from dicomvault.ingest.store import now_iso
 from dicomvault.model import ResourceRef
@@ -113,9 +114,45 @@ def parent_route(level: ResourceType, above: ResourceType) -> Route:
     return Route(f"/{level.plural}/{{id}}/{above.label.lower()}", endpoint, methods=["GET"])
 
 
+def _patient_for_protection(tx: ReadTx, public_id: str) -> ResourceRef:
+    ref = tx.lookup(public_id, ResourceType.PATIENT)
+    if ref is None:
+        # Orthanc 1.10.1 answers "Parameter out of range" (400) for an unknown patient here.
+        raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"Unknown patient: {public_id}")
+    return ref
+
+
+def _parse_protection(body: bytes) -> bool:
+    value = body.decode("utf-8", errors="replace").strip().lower()
+    if value in ("1", "true"):
+        return True
+    if value in ("0", "false"):
+        return False
+    raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, "Boolean value expected")
+
+
+async def protected(request: Request) -> Response:
+    ctx = context(request)
+    public_id = request.path_params["id"]
+    if request.method == "GET":
+
+        def read(tx: ReadTx) -> bool:
+            return is_protected(tx, _patient_for_protection(tx, public_id))
+
+        value = await run_in_threadpool(ctx.index.read, read)
+        return Response(b"1" if value else b"0", headers={"content-type": "text/plain"})
+    wanted = _parse_protection(await request.body())
+
+    def write(tx: WriteTx) -> None:
+        set_protected(tx, _patient_for_protection(tx, public_id), wanted)
+
+    await ctx.index.write_async(write)
+    return Response(b"", headers={"content-type": "text/plain"})
+
+
 def routes() -> list[Route]:
     """The table of level routes, in the manner of Orthanc's RegisterResources()."""
-    table: list[Route] = []
+    table: list[Route] = [Route("/patients/{id}/protected", protected, methods=["GET", "PUT"])]
     for level in ResourceType:
         table.append(list_route(level))
         table.append(one_route(level))
