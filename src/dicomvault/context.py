@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dicomvault.config import Config
 from dicomvault.index.database import Index
+from dicomvault.ingest.stability import StabilityMonitor
 from dicomvault.ingest.store import Ingest
 from dicomvault.storage.accessor import StorageAccessor
 
@@ -23,3 +24,5 @@ class ServerContext:
     accessor: StorageAccessor
     ingest: Ingest
     clock: Callable[[], float] = field(default=time.time)
+    # The source of `IsStable` (None only for contexts built without a monitor).
+    stability: StabilityMonitor | None = None

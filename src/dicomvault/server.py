@@ -12,6 +12,8 @@ import asyncio
 import logging
 import signal
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from dicomvault.index.recycling import StorageLimits, enforce
 from dicomvault.index.sqlite import INDEX_FILENAME, SQLiteBackend
 from dicomvault.index.transactions import WriteTx
 from dicomvault.ingest.pool import WorkerPool
+from dicomvault.ingest.stability import StabilityMonitor
 from dicomvault.ingest.store import Ingest, now_iso
 from dicomvault.ingest.worker import StorageSettings
 from dicomvault.model import FileInfo
@@ -69,6 +72,8 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self.context.stability is not None:
+            self.context.stability.close()  # its passes write to the index
         if self.owns_workers:
             self.workers.shutdown()
         self.context.index.close()
@@ -115,8 +120,14 @@ class Server:
             logger.warning("dicomvault has stopped")
 
 
-def build(config: Config, workers: WorkerPool | None = None, config_label: str | None = None) -> Server:
-    """Create every service for `config`. The caller owns the result and must `close()` it."""
+def build(
+    config: Config,
+    workers: WorkerPool | None = None,
+    config_label: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Server:
+    """Create every service for `config`. The caller owns the result and must `close()` it.
+    `clock` is for tests (a fake clock drives timestamps and stability)."""
     _check_not_orthanc_only(config, config_label or config.source)
     area = FilesystemStorageArea(config.storage_directory, fsync=config.sync_storage_area)
     policy = CompressionPolicy(
@@ -139,9 +150,22 @@ def build(config: Config, workers: WorkerPool | None = None, config_label: str |
     limits = StorageLimits.from_config(
         config.maximum_storage_size, config.maximum_patient_count, config.maximum_storage_mode
     )
-    ingest = Ingest(index, accessor, settings, pool, overwrite=config.overwrite_instances, limits=limits)
+    stability = StabilityMonitor(index, config.stable_age, clock)
+    ingest = Ingest(
+        index,
+        accessor,
+        settings,
+        pool,
+        overwrite=config.overwrite_instances,
+        limits=limits,
+        clock=clock,
+        after_store=stability.instance_stored,
+    )
     _recycle_at_start(index, accessor, limits)
-    context = ServerContext(config=config, index=index, accessor=accessor, ingest=ingest)
+    context = ServerContext(
+        config=config, index=index, accessor=accessor, ingest=ingest, clock=clock, stability=stability
+    )
+    stability.start()
     return Server(context=context, workers=pool, owns_workers=owns)
 
 

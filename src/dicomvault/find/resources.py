@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from dicomvault.dicom.main_tags import MAIN_TAGS, PATIENT_TAGS
 from dicomvault.enums import FileContentType, MetadataType, ResourceType
@@ -42,9 +42,15 @@ def tags_by_name(tags: dict[int, str], names: dict[int, str]) -> dict[str, str]:
     return {names[tag]: value for tag, value in tags.items() if tag in names}
 
 
+class StabilityView(Protocol):
+    """Which resources are stable: the server's stability monitor (`ingest/stability.py`), the
+    source of `IsStable` (Orthanc keeps it in memory: everything is stable after a restart)."""
+
+    def is_stable(self, internal_id: int) -> bool: ...
+
+
 def is_stable(last_update: str | None, stable_age: int, now: float) -> bool:
-    """Stable once no instance arrived for `StableAge` seconds (Orthanc keeps this in memory;
-    deriving it from LastUpdate gives the same answer and survives restarts)."""
+    """An approximation from LastUpdate, for descriptions made without a stability monitor."""
     if not last_update:
         return True
     try:
@@ -55,9 +61,15 @@ def is_stable(last_update: str | None, stable_age: int, now: float) -> bool:
 
 
 def describe(
-    tx: ReadTx, refs: Sequence[ResourceRef], stable_age: int, clock: Callable[[], float] = time.time
+    tx: ReadTx,
+    refs: Sequence[ResourceRef],
+    stable_age: int,
+    clock: Callable[[], float] = time.time,
+    stability: StabilityView | None = None,
 ) -> list[dict[str, Any]]:
-    """Orthanc's JSON description of each resource (all of one level), in the given order."""
+    """Orthanc's JSON description of each resource (all of one level), in the given order.
+
+    Pass the server's `stability` (`ctx.stability`): `IsStable` is then exactly Orthanc's."""
     if not refs:
         return []
     level = refs[0].level
@@ -81,7 +93,10 @@ def describe(
         if level is not ResourceType.INSTANCE:
             item[_CHILDREN_KEY[level]] = [c.public_id for c in children[iid]]
             last_update = meta[iid].get(MetadataType.LAST_UPDATE)
-            item["IsStable"] = is_stable(last_update, stable_age, now)
+            if stability is not None:
+                item["IsStable"] = stability.is_stable(iid)
+            else:
+                item["IsStable"] = is_stable(last_update, stable_age, now)
             if last_update is not None:
                 item["LastUpdate"] = last_update
         if level is ResourceType.STUDY:

@@ -111,4 +111,17 @@ CREATE TABLE DeletedResources(
     parentPublicId TEXT,
     date TEXT NOT NULL
 );
+-- Finds (issue 4). Orthanc's DicomIdentifiers: the identifier tags of each resource, normalised
+-- (printable ASCII, upper case, trimmed), compared by /tools/find and /tools/lookup.
+CREATE TABLE DicomIdentifiers(
+    id INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
+    tagGroup INTEGER NOT NULL,
+    tagElement INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY(id, tagGroup, tagElement)
+);
+CREATE INDEX DicomIdentifiersValues ON DicomIdentifiers(tagGroup, tagElement, value);
+CREATE INDEX MainDicomTagsValues ON MainDicomTags(tagGroup, tagElement, value);
+-- Candidates of a find come in public id order within a level.
+CREATE INDEX ResourceTypePublicIndex ON Resources(resourceType, publicId);
 """

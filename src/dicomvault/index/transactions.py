@@ -20,6 +20,7 @@ from dicomvault.enums import (
     MetadataType,
     ResourceType,
 )
+from dicomvault.index.find import add_identifiers
 from dicomvault.model import FileInfo, ResourceRef
 
 _CHUNK = 500  # bound on "IN (...)" lists
@@ -318,6 +319,7 @@ class WriteTx(ReadTx):
                     "INSERT INTO MainDicomTags(id, tagGroup, tagElement, value) VALUES (?, ?, ?, ?)",
                     [(found.internal_id, tag >> 16, tag & 0xFFFF, value) for tag, value in _stored_tags(parsed, level)],
                 )
+                add_identifiers(self, found.internal_id, level, _stored_tags(parsed, level))
             refs[level] = found
             parent_id = found.internal_id
         # Orthanc logs the creations from the instance up to the patient.
@@ -332,6 +334,13 @@ class WriteTx(ReadTx):
                 refs[ResourceType.SERIES].internal_id,
                 MetadataType.SERIES_EXPECTED_NUMBER_OF_INSTANCES,
                 str(expected_instances),
+            )
+        if refs[ResourceType.SERIES] in created:
+            # As Orthanc 1.10.1: a series keeps the RemoteAET of the instance that created it.
+            self.set_metadata(
+                refs[ResourceType.SERIES].internal_id,
+                MetadataType.INSTANCE_REMOTE_AET,
+                instance_metadata.get(MetadataType.INSTANCE_REMOTE_AET, ""),
             )
         for mtype, value in instance_metadata.items():
             self.set_metadata(instance.internal_id, mtype, value)

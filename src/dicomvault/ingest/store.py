@@ -92,6 +92,11 @@ def instance_metadata(parsed: ParsedInstance, origin: Origin, now: str) -> dict[
     return meta
 
 
+# Runs in the store's write transaction after an instance was stored (not for AlreadyStored):
+# the stability monitor's hook (CompletedSeries, unstable resources).
+AfterStore = Callable[[WriteTx, ParsedInstance, str], None]
+
+
 class Ingest:
     def __init__(
         self,
@@ -102,6 +107,7 @@ class Ingest:
         overwrite: bool = False,
         limits: StorageLimits | None = None,
         clock: Callable[[], float] = time.time,
+        after_store: AfterStore | None = None,
     ) -> None:
         self._index = index
         self._accessor = accessor
@@ -110,6 +116,7 @@ class Ingest:
         self._overwrite = overwrite
         self._limits = limits if limits is not None and limits.active else None
         self._clock = clock
+        self._after_store = after_store
 
     async def store(self, raw: bytes, origin: Origin) -> StoreResult:
         prepared = await self._workers.prepare_async(raw, self._settings)
@@ -142,9 +149,12 @@ class Ingest:
 
         def write(tx: WriteTx) -> CreateOutcome:
             try:
-                return tx.create_instance(parsed, prepared.file, meta, now, self._overwrite, expected, self._limits)
+                outcome = tx.create_instance(parsed, prepared.file, meta, now, self._overwrite, expected, self._limits)
             except ValueError as exc:
                 raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, str(exc)) from exc
+            if outcome.stored and self._after_store is not None:
+                self._after_store(tx, parsed, now)
+            return outcome
 
         return write
 

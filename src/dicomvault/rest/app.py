@@ -1,5 +1,5 @@
 """The Starlette application: route tables of every REST module, Orthanc's error bodies, access
-control, and trailing-slash tolerance (Orthanc answers `/patients/` as `/patients`)."""
+control, and Orthanc's path normalisation (`/patients/` is `/patients`; dot segments resolved)."""
 
 from __future__ import annotations
 
@@ -42,17 +42,32 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return internal_error_response(request, exc)
 
 
-class _StripTrailingSlash:
+def normalise_path(path: str) -> str:
+    """Orthanc's reading of a decoded URI path: empty and "." segments dropped (so a trailing
+    slash too), ".." resolved, never above the root. `/instances/x/attachments/..%2F..%2Fy` is
+    thus routed (and answered 404) as `/instances/y`, as Orthanc does."""
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return "/" + "/".join(segments)
+
+
+class _NormalisePath:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if len(path) > 1 and path.endswith("/"):
+            normal = normalise_path(path)
+            if normal != path:
                 scope = dict(scope)
-                scope["path"] = path.rstrip("/") or "/"
-                scope["raw_path"] = scope["path"].encode()
+                scope["path"] = normal
+                scope["raw_path"] = normal.encode()
         await self.app(scope, receive, send)
 
 
@@ -84,5 +99,5 @@ def create_app(context: ServerContext) -> ASGIApp:
     app.state.context = context
     cfg = context.config
     return AccessControl(
-        _StripTrailingSlash(app), cfg.remote_access_allowed, cfg.authentication_enabled, cfg.registered_users
+        _NormalisePath(app), cfg.remote_access_allowed, cfg.authentication_enabled, cfg.registered_users
     )

@@ -25,7 +25,7 @@ from dicomvault.rest.responses import JsonResponse
 
 def _render(ctx: ServerContext, tx: ReadTx, refs: list[ResourceRef], expand: bool) -> list[Any]:
     if expand:
-        return describe(tx, refs, ctx.config.stable_age, ctx.clock)
+        return describe(tx, refs, ctx.config.stable_age, ctx.clock, ctx.stability)
     return [r.public_id for r in refs]
 
 
@@ -63,7 +63,7 @@ def one_route(level: ResourceType) -> Route:
         public_id = request.path_params["id"]
 
         def read(tx: ReadTx) -> Any:
-            return describe(tx, [require(tx, level, public_id)], ctx.config.stable_age, ctx.clock)[0]
+            return describe(tx, [require(tx, level, public_id)], ctx.config.stable_age, ctx.clock, ctx.stability)[0]
 
         return JsonResponse(await run_in_threadpool(ctx.index.read, read))
 
@@ -93,7 +93,7 @@ def children_route(level: ResourceType, below: ResourceType) -> Route:
         def read(tx: ReadTx) -> list[Any]:
             # Orthanc 1.10.1 always answers full descriptions on these routes.
             refs = children_of(tx, require(tx, level, public_id), below)
-            return describe(tx, refs, ctx.config.stable_age, ctx.clock)
+            return describe(tx, refs, ctx.config.stable_age, ctx.clock, ctx.stability)
 
         return JsonResponse(await run_in_threadpool(ctx.index.read, read))
 
@@ -107,7 +107,7 @@ def parent_route(level: ResourceType, above: ResourceType) -> Route:
 
         def read(tx: ReadTx) -> Any:
             ref = ancestor_of(tx, require(tx, level, public_id), above)
-            return describe(tx, [ref], ctx.config.stable_age, ctx.clock)[0]
+            return describe(tx, [ref], ctx.config.stable_age, ctx.clock, ctx.stability)[0]
 
         return JsonResponse(await run_in_threadpool(ctx.index.read, read))
 
