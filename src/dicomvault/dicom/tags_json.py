@@ -522,6 +522,14 @@ class _Renderer:
         return found
 
 
+def drop_after_pixel_data(ds: Dataset) -> Dataset:
+    """Orthanc renders an instance's tags from its copy "until pixel data": elements whose tag
+    follows (7FE0,0010) never appear in `/tags` and the other tag routes. Modifies `ds`."""
+    for tag in [tag for tag in list(ds.keys()) if tag > PIXEL_DATA]:
+        del ds[tag]
+    return ds
+
+
 def dataset_to_json(ds: Dataset, form: TagsFormat, default_encoding: str = "Latin1") -> dict[str, Any]:
     """Orthanc's `/instances/{id}/tags` (group 0002 excluded). `default_encoding` is Orthanc's
     `DefaultEncoding` setting, used when the dataset has no SpecificCharacterSet."""

@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 
 from dicomvault.dicom.main_tags import format_tag
 from dicomvault.dicom.parsing import read_dataset
-from dicomvault.dicom.tags_json import PIXEL_DATA, TagsFormat, dataset_to_json
+from dicomvault.dicom.tags_json import PIXEL_DATA, TagsFormat, dataset_to_json, drop_after_pixel_data
 from dicomvault.enums import CompressionType, FileContentType, MetadataType, ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.database import Index
@@ -180,9 +180,7 @@ def _dataset(accessor: StorageAccessor, located: _Located) -> Dataset:
         ds = read_dataset(raw, stop_before_pixels=True)  # the pixels are never parsed
         if offset is not None:
             ds.add_new(PIXEL_DATA, "OB", None)
-    for tag in [tag for tag in list(ds.keys()) if tag > PIXEL_DATA]:
-        del ds[tag]
-    return ds
+    return drop_after_pixel_data(ds)
 
 
 def _full_json(accessor: StorageAccessor, located: _Located, encoding: str) -> dict[str, Any]:

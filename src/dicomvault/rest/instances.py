@@ -14,7 +14,13 @@ from starlette.routing import Route
 from dicomvault.context import ServerContext
 from dicomvault.dicom.content import resolve_content
 from dicomvault.dicom.parsing import read_dataset
-from dicomvault.dicom.tags_json import TagsFormat, dataset_to_json, header_to_json, parse_tags_format
+from dicomvault.dicom.tags_json import (
+    TagsFormat,
+    dataset_to_json,
+    drop_after_pixel_data,
+    header_to_json,
+    parse_tags_format,
+)
 from dicomvault.enums import CompressionType, FileContentType, RequestOrigin, ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.find.resources import require
@@ -95,7 +101,7 @@ async def _tags_answer(request: Request, form: TagsFormat, header: bool) -> Resp
 
     def work() -> dict[str, Any]:
         ds = read_dataset(_load_dicom(ctx, public_id), stop_before_pixels=False)
-        return header_to_json(ds.file_meta, form) if header else dataset_to_json(ds, form)
+        return header_to_json(ds.file_meta, form) if header else dataset_to_json(drop_after_pixel_data(ds), form)
 
     return JsonResponse(await run_in_threadpool(work))
 
