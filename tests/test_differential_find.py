@@ -263,6 +263,18 @@ RAW_BODIES: list[str] = [
     '{"Level": "Study", "Query": {}, "Limit": -}',
     '{"Level": "Study", "Query": {}, "Limit": 1.}',
 ]
+# Bodies that are not UTF-8: Orthanc compares their bytes, and skips what is not UTF-8 (with the
+# byte that revealed it) when it makes a value upper case.
+RAW_BYTES: list[bytes] = [
+    b'{"Level": "Study", "Query": {"StudyTime": "-\xff"}}',
+    b'{"Level": "Study", "Query": {"StudyTime": "-\xff"}, "CaseSensitive": true}',
+    b'{"Level": "Study", "Query": {"PatientName": "*\xc3"}}',
+    b'{"Level": "Study", "Query": {"PatientName": "M\xc3*"}}',
+    b'{"Level": "Study", "Query": {"PatientName": "M\xc3*"}, "CaseSensitive": true}',
+    b'{"Level": "Study", "Query": {"InstitutionName": "h\xf4pital*"}}',
+    b'{"Level": "Study", "Query": {"InstitutionName": "\xff\\\\x"}}',
+    b'{"Level": "Study", "Query": {"\xff": "x"}}',
+]
 
 LOOKUPS = [
     "FIND-1",
@@ -315,6 +327,13 @@ def test_options(checked: Pair, options: dict[str, Any]) -> None:
 def test_raw_body(checked: Pair, body: str) -> None:
     checked.load("find", FIND_CORPUS)
     checked.compare("POST", "/tools/find", body.encode())
+    checked.verdict()
+
+
+@pytest.mark.parametrize("body", RAW_BYTES, ids=[repr(b) for b in RAW_BYTES])
+def test_raw_bytes(checked: Pair, body: bytes) -> None:
+    checked.load("find", FIND_CORPUS)
+    checked.compare("POST", "/tools/find", body)
     checked.verdict()
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from dicomvault.enums import CompressionType, FileContentType, ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.find.finder import FindQuery, FindSettings, find
 from dicomvault.find.matching import Lookup, parse_constraints
-from dicomvault.find.query import JsonSyntaxError, JsonUInt, parse_tag, read_json
+from dicomvault.find.query import JsonSyntaxError, JsonUInt, parse_tag, read_json, vr_of
 from dicomvault.model import FileInfo
 from dicomvault.server import Server
 from tests.find_corpus import FIND_CORPUS, FIND_IDS
@@ -180,7 +180,11 @@ def test_requested_tags(corpus: TestClient) -> None:
             "RequestedTags": ["InstanceAvailability", "StudyDate", "PatientWeight", "0009,0010"],
         },
     )
-    assert instance["RequestedTags"] == {"InstanceAvailability": "ONLINE", "PatientWeight": "80", "StudyDate": "20200115"}
+    assert instance["RequestedTags"] == {
+        "InstanceAvailability": "ONLINE",
+        "PatientWeight": "80",
+        "StudyDate": "20200115",
+    }
     # without Expand, ids only
     assert found(corpus, {**body, "Expand": False}) == [ID["ST_DOE_1"]]
 
@@ -207,7 +211,12 @@ def test_requested_tags_unknown_name(corpus: TestClient) -> None:
         ('{"Query": {}}', 400, ErrorCode.BAD_REQUEST, 'Field "Level" is missing, or should be a string'),
         ('{"Level": "Study"}', 400, ErrorCode.BAD_REQUEST, 'Field "Query" is missing, or should be a JSON object'),
         ('{"Level": "Study", "Query": {}, "CaseSensitive": 1}', 400, ErrorCode.BAD_REQUEST, None),
-        ('{"Level": "Study", "Query": {}, "Limit": 1.0}', 400, ErrorCode.BAD_REQUEST, 'Field "Limit" should be an integer'),
+        (
+            '{"Level": "Study", "Query": {}, "Limit": 1.0}',
+            400,
+            ErrorCode.BAD_REQUEST,
+            'Field "Limit" should be an integer',
+        ),
         ('{"Level": "Study", "Query": {}, "Limit": -1}', 400, ErrorCode.PARAMETER_OUT_OF_RANGE, None),
         ('{"Level": "Study", "Query": {}, "Since": 2147483648}', 500, ErrorCode.INTERNAL_ERROR, None),
         ('{"Level": "Study", "Query": {}, "Limit": 9223372036854775808}', 400, ErrorCode.BAD_REQUEST, None),
@@ -344,9 +353,7 @@ def _run(server: Server, query: FindQuery, settings: FindSettings | None = None)
     return [ref.public_id for ref in refs]
 
 
-def _lookup(level: ResourceType, **query: str) -> Lookup:
-    from dicomvault.find.query import parse_tag, vr_of
-
+def _lookup(**query: str) -> Lookup:
     constraints = []
     for name, value in query.items():
         tag = parse_tag(name)
@@ -357,11 +364,11 @@ def _lookup(level: ResourceType, **query: str) -> Lookup:
 def test_many_resources(big: Server) -> None:
     everything = _run(big, FindQuery(ResourceType.STUDY, Lookup()))
     assert len(everything) == 3000 and everything == sorted(everything)  # several pages
-    instances = _run(big, FindQuery(ResourceType.INSTANCE, _lookup(ResourceType.INSTANCE, PatientName="big*")))
+    instances = _run(big, FindQuery(ResourceType.INSTANCE, _lookup(PatientName="big*")))
     assert len(instances) == 3000
-    march = _run(big, FindQuery(ResourceType.STUDY, _lookup(ResourceType.STUDY, StudyDate="20200301-20200331")))
+    march = _run(big, FindQuery(ResourceType.STUDY, _lookup(StudyDate="20200301-20200331")))
     assert len(march) == 250
-    mr = _run(big, FindQuery(ResourceType.STUDY, _lookup(ResourceType.STUDY, ModalitiesInStudy="MR")))
+    mr = _run(big, FindQuery(ResourceType.STUDY, _lookup(ModalitiesInStudy="MR")))
     assert len(mr) == 1000
     page = _run(big, FindQuery(ResourceType.STUDY, Lookup(), since=2990, limit=20))
     assert page == everything[2990:]
@@ -371,7 +378,7 @@ def test_many_resources(big: Server) -> None:
 
 def test_a_limited_find_stays_small(big: Server) -> None:
     """With `Limit`, a find over thousands of candidates reads a page or two, not all of them."""
-    query = FindQuery(ResourceType.INSTANCE, _lookup(ResourceType.INSTANCE, PatientName="big*"), limit=10)
+    query = FindQuery(ResourceType.INSTANCE, _lookup(PatientName="big*"), limit=10)
     _run(big, query)  # warm the caches
     tracemalloc.start()
     try:

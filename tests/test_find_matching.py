@@ -15,6 +15,7 @@ from dicomvault.find.matching import (
     Constraint,
     ConstraintType,
     Lookup,
+    dicom_constraints,
     parse_constraints,
     upper_with_accents,
     wildcard_regex,
@@ -104,6 +105,17 @@ def test_case_and_accents() -> None:
     assert upper_with_accents("ωmega") == "ΩMEGA"
 
 
+def test_bytes_that_are_not_utf8() -> None:
+    """Request bodies may hold them: upper-casing skips each invalid sequence with the byte that
+    revealed it, as Orthanc's conversion does; case-sensitive matching compares bytes."""
+    assert upper_with_accents("M\udcc3*") == "M"
+    assert upper_with_accents("*\udcc3") == "*"
+    assert upper_with_accents("x\udcffy") == "XY"
+    assert one(PATIENT_NAME, "PN", "*\udcc3").matches("anything")
+    assert not one(PATIENT_NAME, "PN", "M\udcc3*").matches("Müller")
+    assert one(PATIENT_NAME, "PN", "M\udcc3*", case_sensitive=True).matches("Müller")
+
+
 def test_wildcards() -> None:
     star = one(PATIENT_NAME, "PN", "*")
     assert star.is_universal and star.matches("") and star.matches("anything")
@@ -127,7 +139,7 @@ def test_absent_and_optional() -> None:
 
 
 def test_lookup_helpers() -> None:
-    lookup = Lookup.of(parse_constraints(0x00080061, "CS", "CT\\MR", False) + [one(PATIENT_NAME, "PN", "D*")])
+    lookup = Lookup.of([*parse_constraints(0x00080061, "CS", "CT\\MR", False), one(PATIENT_NAME, "PN", "D*")])
     assert lookup.has_tag(0x00080061) and lookup.tags() == {0x00080061, PATIENT_NAME}
     moved = lookup.replace_tag(0x00080061, MODALITY)
     assert moved.has_tag(MODALITY) and not moved.has_tag(0x00080061)
@@ -135,6 +147,17 @@ def test_lookup_helpers() -> None:
     assert "0008,0060 IN CT | MR" in moved.describe()
     assert lookup.without(PATIENT_NAME).tags() == {0x00080061}
     assert Lookup().describe() == "(everything)"
+
+
+def test_dicom_query_keys_follow_case_sensitive_pn() -> None:
+    (pn,) = dicom_constraints(PATIENT_NAME, "PN", "doe*", case_sensitive_pn=False)
+    assert pn.matches("DOE^JOHN")
+    (pn_sensitive,) = dicom_constraints(PATIENT_NAME, "PN", "doe*", case_sensitive_pn=True)
+    assert not pn_sensitive.matches("DOE^JOHN")
+    (other,) = dicom_constraints(0x00081030, "LO", "chest*", case_sensitive_pn=False)
+    assert not other.matches("CHEST CT")  # only PN may ignore case
+    with pytest.raises(DicomVaultError):
+        dicom_constraints(0x00081140, "SQ", "x", case_sensitive_pn=False)
 
 
 # ---- the database's normalisations ---------------------------------------------------------------
@@ -162,7 +185,7 @@ def test_like_pattern_escapes_sql_wildcards() -> None:
 
 # ---- properties -----------------------------------------------------------------------------------
 
-TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
 ASCII = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
 
 

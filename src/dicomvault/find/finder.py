@@ -21,10 +21,10 @@ their StudyInstanceUID, and Orthanc 1.10.1 then keeps indexes `Since <= i < Limi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from dicomvault.config import Config
 from dicomvault.dicom.main_tags import ALL_MAIN_TAGS, MAIN_TAGS, PATIENT_TAGS
 from dicomvault.dicom.parsing import read_dataset
 from dicomvault.dicom.tags_json import TagsFormat, dataset_to_json
@@ -37,8 +37,7 @@ from dicomvault.index.find import (
     DatabaseConstraint,
     iter_candidates,
     normalize_identifier,
-    parents_of,
-    tag_values,
+    refs_with_tag,
 )
 from dicomvault.index.transactions import ReadTx
 from dicomvault.model import FileInfo, ResourceRef
@@ -68,6 +67,7 @@ _STORED: dict[ResourceType, frozenset[int]] = {
 _VISIBLE: dict[ResourceType, frozenset[int]] = {
     level: frozenset(tag for k in ResourceType if k <= level for tag, _ in MAIN_TAGS[k]) for level in ResourceType
 }
+_MEMO = 4096  # distinct value combinations whose verdict a find remembers
 _BOTTOM_UP = (ResourceType.INSTANCE, ResourceType.SERIES, ResourceType.STUDY, ResourceType.PATIENT)
 
 
@@ -81,7 +81,7 @@ class FindSettings:
     default_encoding: str = "Latin1"
 
     @classmethod
-    def from_config(cls, config: Any) -> FindSettings:
+    def from_config(cls, config: Config) -> FindSettings:
         return cls(
             limit_find_results=int(config.limit_find_results),
             limit_find_instances=int(config.limit_find_instances),
@@ -106,22 +106,22 @@ def find(tx: ReadTx, query: FindQuery, settings: FindSettings, read_file: ReadFi
     """The resources `query` selects, in Orthanc's order, `since`/`limit` applied."""
     if query.level is ResourceType.STUDY and query.lookup.has_tag(MODALITIES_IN_STUDY):
         return _find_by_modalities(tx, query, settings, read_file)
-    return _apply(tx, query.level, query.lookup, query.since, query.limit, settings, read_file)
+    found = _apply(tx, query.level, query.lookup, query.since, query.limit, settings, read_file)
+    return [candidate.ref for candidate in found]
 
 
 def _find_by_modalities(tx: ReadTx, query: FindQuery, settings: FindSettings, read_file: ReadFile) -> list[ResourceRef]:
     series_lookup = query.lookup.replace_tag(MODALITIES_IN_STUDY, MODALITY)
-    series = _apply(tx, ResourceType.SERIES, series_lookup, 0, 0, settings, read_file)
-    parents = parents_of(tx, [s.internal_id for s in series])
-    uids = tag_values(tx, (p.internal_id for p in parents.values()), [STUDY_INSTANCE_UID])
+    series = _apply(tx, ResourceType.SERIES, series_lookup, 0, 0, settings, read_file, [ResourceType.STUDY])
+    study_ids = [candidate.chain[ResourceType.STUDY] for candidate in series]
+    with_uids = refs_with_tag(tx, study_ids, STUDY_INSTANCE_UID)
     # Orthanc gathers the studies in a map keyed by StudyInstanceUID: the first series seen of
     # each UID names the study (two patients' studies sharing a UID make one answer).
     studies: dict[str, ResourceRef] = {}
-    for ref in series:
-        study = parents[ref.internal_id]
-        uid = uids[study.internal_id].get(STUDY_INSTANCE_UID)
+    for study in study_ids:
+        ref, uid = with_uids[study]
         if uid is not None and uid not in studies:
-            studies[uid] = study
+            studies[uid] = ref
     ordered = [studies[uid] for uid in sorted(studies)]
     if query.limit == 0:
         return ordered
@@ -158,7 +158,8 @@ def _apply(
     limit: int,
     settings: FindSettings,
     read_file: ReadFile,
-) -> list[ResourceRef]:
+    chain: Sequence[ResourceType] = (),
+) -> list[Candidate]:
     read_files = not lookup.tags() <= ALL_MAIN_TAGS and settings.storage_access_on_find == "Always"
     sources = {c.tag: _sources(c.tag, level) for c in lookup.constraints}
     if not read_files and any(c.mandatory and not sources[c.tag] for c in lookup.constraints):
@@ -166,45 +167,55 @@ def _apply(
         return []
     constraints = [dc for c in lookup.constraints if (dc := _database_constraint(c, level)) is not None]
     if read_files:
-        down_to = ResourceType.INSTANCE
+        chain, values = [*chain, ResourceType.INSTANCE], {}
     else:
-        down_to = max([level, *(k for found in sources.values() for k in found if k > level)])
-    found: list[ResourceRef] = []
+        values = {tag: found for tag, found in sources.items() if found}
+    pages = iter_candidates(tx, level, constraints, settings.database_limit(level), chain, values)
+    try:
+        matched = _select(tx, lookup, pages, since, limit, sorted(values), settings, read_file if read_files else None)
+    finally:
+        pages.close()
+    logger.debug("find at level %s: %s -> %d resources", level.label, lookup.describe(), len(matched))
+    return matched
+
+
+def _select(
+    tx: ReadTx,
+    lookup: Lookup,
+    pages: Iterator[list[Candidate]],
+    since: int,
+    limit: int,
+    tags: list[int],
+    settings: FindSettings,
+    read_file: ReadFile | None,
+) -> list[Candidate]:
+    """The candidates the lookup accepts, `since` skipped, at most `limit` (0: all). Without
+    `read_file`, candidates are matched on their stored `values` (of `tags`)."""
+    matched: list[Candidate] = []
     skipped = 0
-    pages = iter_candidates(tx, level, constraints, settings.database_limit(level), down_to)
+    verdicts: dict[tuple[str | None, ...], bool] = {}  # stored values -> match (values repeat a lot)
     for page in pages:
-        tags_of = _file_tags(tx, page, settings, read_file) if read_files else _main_tags(tx, page, sources)
+        files = _file_tags(tx, page, settings, read_file) if read_file is not None else None
         for candidate in page:
-            if not lookup.matches(tags_of(candidate)):
+            if files is not None:
+                accepted = lookup.matches(files(candidate))
+            else:
+                key = tuple(candidate.values.get(tag) for tag in tags)
+                verdict = verdicts.get(key)
+                if verdict is None:
+                    if len(verdicts) >= _MEMO:
+                        verdicts.clear()
+                    verdict = verdicts[key] = lookup.matches(candidate.values)
+                accepted = verdict
+            if not accepted:
                 continue
             if skipped < since:
                 skipped += 1
-            elif limit and len(found) >= limit:
-                return found
+            elif limit and len(matched) >= limit:
+                return matched
             else:
-                found.append(candidate.ref)
-    logger.debug("find at level %s: %s -> %d resources", level.label, lookup.describe(), len(found))
-    return found
-
-
-def _main_tags(
-    tx: ReadTx, page: list[Candidate], sources: Mapping[int, list[ResourceType]]
-) -> Callable[[Candidate], Mapping[int, str]]:
-    needed_levels = {k for found in sources.values() for k in found}
-    ids = [c.chain[k] for c in page for k in needed_levels if k in c.chain]
-    values = tag_values(tx, ids, sources)
-
-    def tags_of(candidate: Candidate) -> Mapping[int, str]:
-        out: dict[int, str] = {}
-        for tag, levels in sources.items():
-            for k in levels:
-                iid = candidate.chain.get(k)
-                if iid is not None and tag in values[iid]:
-                    out[tag] = values[iid][tag]
-                    break
-        return out
-
-    return tags_of
+                matched.append(candidate)
+    return matched
 
 
 def _file_tags(

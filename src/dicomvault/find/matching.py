@@ -50,11 +50,56 @@ def format_tag(tag: int) -> str:
     return f"{tag >> 16:04x},{tag & 0xFFFF:04x}"
 
 
+def utf8(text: str) -> bytes:
+    """The UTF-8 bytes of a value; request bodies may carry bytes that are not UTF-8 (kept as
+    surrogate escapes) or lone surrogates from `\\u` escapes, which jsoncpp passes through."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _decode_skipping(data: bytes) -> str:
+    """UTF-8 decoded as Orthanc's conversion (boost.locale) does: an invalid sequence is skipped
+    together with the byte that revealed it (so `M\\xc3*` reads `M`)."""
+    out: list[str] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        lead = data[pos]
+        pos += 1
+        if lead < 0x80:
+            out.append(chr(lead))
+            continue
+        trail = 1 if 0xC2 <= lead <= 0xDF else 2 if 0xE0 <= lead <= 0xEF else 3 if 0xF0 <= lead <= 0xF4 else -1
+        if trail < 0:
+            continue
+        code = lead & ((1 << (6 - trail)) - 1)
+        valid = True
+        for _ in range(trail):
+            if pos >= end:
+                valid = False
+                break
+            byte = data[pos]
+            pos += 1
+            if byte & 0xC0 != 0x80:
+                valid = False
+                break
+            code = code << 6 | byte & 0x3F
+        width = 1 if code < 0x80 else 2 if code < 0x800 else 3 if code < 0x10000 else 4
+        if valid and code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF and width == trail + 1:
+            out.append(chr(code))
+    return "".join(out)
+
+
 def upper_with_accents(value: str) -> str:
     """Orthanc's case normalisation: each character made upper case on its own (a character whose
     upper case is several characters, such as `ß`, is kept)."""
     if value.isascii():
         return value.upper()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of a request that are not UTF-8
+        value = _decode_skipping(utf8(value))
     out: list[str] = []
     for char in value:
         upper = char.upper()
@@ -82,7 +127,7 @@ def wildcard_regex(pattern: str, case_sensitive: bool) -> re.Pattern[bytes]:
         elif char == "?":
             parts.append(b".")
         else:
-            parts.append(re.escape(char.encode("utf-8")))
+            parts.append(re.escape(utf8(char)))
     return re.compile(b"".join(parts), re.DOTALL)
 
 
@@ -101,6 +146,10 @@ class Constraint:
     def value(self) -> str:
         return self.values[0]
 
+    @functools.cached_property
+    def _upper_values(self) -> tuple[str, ...]:
+        return tuple(upper_with_accents(v) for v in self.values)
+
     @property
     def is_universal(self) -> bool:
         """`*`: matches any value, provided the attribute is there."""
@@ -110,11 +159,11 @@ class Constraint:
         """Whether one attribute value satisfies the constraint."""
         if self.kind is ConstraintType.WILDCARD:
             source = value if self.case_sensitive else upper_with_accents(value)
-            return wildcard_regex(self.value, self.case_sensitive).fullmatch(source.encode("utf-8")) is not None
+            return wildcard_regex(self.value, self.case_sensitive).fullmatch(utf8(source)) is not None
         if self.case_sensitive:
             source, references = value, self.values
         else:
-            source, references = upper_with_accents(value), tuple(upper_with_accents(v) for v in self.values)
+            source, references = upper_with_accents(value), self._upper_values
         if self.kind is ConstraintType.EQUAL:
             return source == references[0]
         if self.kind is ConstraintType.SMALLER_OR_EQUAL:
@@ -166,6 +215,17 @@ def parse_constraints(tag: int, vr: str, query: str, case_sensitive: bool, manda
         return [Constraint(tag, ConstraintType.WILDCARD, (query,), case_sensitive, mandatory)]
     _refuse_wildcards(tag, query)
     return [Constraint(tag, ConstraintType.EQUAL, (query,), case_sensitive, mandatory)]
+
+
+def dicom_constraints(
+    tag: int, vr: str, query: str, case_sensitive_pn: bool, mandatory: bool = True
+) -> list[Constraint]:
+    """The constraints of a DICOM query key (C-FIND): matching is case-sensitive except on PN
+    attributes, where `CaseSensitivePN` decides (DICOM PS3.4 C.2.2.2.1); a sequence cannot be a
+    key. (REST finds instead apply their `CaseSensitive` option to every attribute.)"""
+    if vr == "SQ":
+        raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"sequence {format_tag(tag)} cannot be a query key")
+    return parse_constraints(tag, vr, query, case_sensitive_pn if vr == "PN" else True, mandatory)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from dicomvault.dicom.tags_json import TagsFormat, tag_for_name
 from dicomvault.enums import ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.find.finder import FindQuery
-from dicomvault.find.matching import Lookup, parse_constraints
+from dicomvault.find.matching import Lookup, parse_constraints, utf8
 
 _STACK_LIMIT = 1000
 _INT64 = (-(2**63), 2**63 - 1)
@@ -399,7 +399,7 @@ def parse_find_request(body: bytes) -> FindRequest:
     if not isinstance(query, dict):
         raise DicomVaultError(ErrorCode.INTERNAL_ERROR, 'field "Query" is not a JSON object')
     constraints = []
-    for name in sorted(query, key=lambda key: key.encode("utf-8", "surrogateescape")):
+    for name in sorted(query, key=utf8):  # jsoncpp lists members in byte order
         value = query[name]
         if not isinstance(value, str):
             raise _bad(f'Tag "{name}" should be associated with a string')

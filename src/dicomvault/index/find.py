@@ -1,21 +1,24 @@
 """The index side of finds: Orthanc's `DicomIdentifiers` (normalised copies of the identifier tags,
 written at ingest), the SQL pre-selection of candidates from constraints (Orthanc's
-`ISqlLookupFormatter`, same comparisons, so SQLite answers exactly what Orthanc's SQLite answers),
-and the batched reads the matching step needs (tag values, first child instances).
+`ISqlLookupFormatter`: the same comparisons, so SQLite accepts exactly what Orthanc's SQLite
+accepts), and the reads the matching step needs (stored values, first child instances).
 
 Orthanc compares identifiers (`IDENTIFIER_TAGS`) on their normalised value, always case-sensitively,
-and every other main DICOM tag on its stored value, with `lower()` on both sides when the search
-is case-insensitive. Candidates come in Orthanc's order: public id order for patients, studies
-and series (its `GROUP BY publicId`), creation order for instances. With a database limit (Orthanc's
-`LimitFindResults` + 1), the candidates are the first ones created, then put in that order.
+and every other main DICOM tag on its stored value, ignoring ASCII case when the search is
+case-insensitive. Candidates come in Orthanc's order: public id order for patients, studies and
+series (its `GROUP BY publicId`), creation order for instances. With a database limit (Orthanc's
+`LimitFindResults` + 1), they are the resources of the first rows of Orthanc's SQL (creation order,
+one row per matching descendant when lower levels are constrained), put in that order.
 
-Every function reads inside the caller's transaction with a number of queries that does not
-depend on the number of resources (candidates are read in pages).
+How it stays fast: one statement per find, starting from the rows of one constrained tag (an index
+seek on `(tagGroup, tagElement, value)` for equalities and ranges) rather than from every resource
+of the level; the values the matching step needs come in the same rows; rows are read in batches
+from one cursor, so a find stopped by `Limit` reads little and none holds every candidate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -113,48 +116,93 @@ def like_pattern(value: str) -> str:
     return "".join(out)
 
 
+def _bind(value: str, params: list[Any]) -> str:
+    """A placeholder for a value. A value that is not valid UTF-8 (bytes of a request body kept as
+    surrogate escapes) is bound as its bytes, compared byte for byte as Orthanc's SQLite does."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            params.append(value.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            params.append(value.encode("utf-8", "surrogatepass"))
+        return "CAST(? AS TEXT)"
+    params.append(value)
+    return "?"
+
+
 def _comparison(column: str, c: DatabaseConstraint, params: list[Any]) -> str | None:
-    """The SQL condition of one constraint (None: only the presence of the row counts)."""
-    sensitive = c.case_sensitive
-    if c.comparison is Comparison.LIST:
-        params.extend(c.values)
-        marks = ", ".join("?" if sensitive else "lower(?)" for _ in c.values)
-        return f"{column} IN ({marks})" if sensitive else f"lower({column}) IN ({marks})"
+    """The SQL condition of one constraint (None: only the presence of the row counts).
+
+    Orthanc writes `lower(value) = lower(?)` for case-insensitive comparisons; `COLLATE NOCASE`
+    folds exactly the same characters (ASCII letters only, as SQLite's `lower()`) and lets
+    SQLite use the index on `value COLLATE NOCASE`. SQLite's LIKE ignores ASCII case anyway."""
     if c.comparison is Comparison.WILDCARD:
         if c.values[0] == "*":
             return None
-        params.append(like_pattern(c.values[0]))
-        if sensitive:
-            return f"{column} LIKE ? ESCAPE '\\'"
-        return f"lower({column}) LIKE lower(?) ESCAPE '\\'"
-    params.append(c.values[0])
+        return f"{column} LIKE {_bind(like_pattern(c.values[0]), params)} ESCAPE '\\'"
+    seekable = not c.identifier  # MainDicomTags has an index on `value COLLATE NOCASE` only
+    if c.comparison is Comparison.LIST:
+        marks = ", ".join(_bind(v, params) for v in c.values)
+        if not c.case_sensitive:
+            return f"{column} COLLATE NOCASE IN ({marks})"
+        if not seekable:
+            return f"{column} IN ({marks})"
+        again = ", ".join(_bind(v, params) for v in c.values)
+        return f"({column} COLLATE NOCASE IN ({marks}) AND {column} IN ({again}))"
     op = c.comparison.value
-    return f"{column} {op} ?" if sensitive else f"lower({column}) {op} lower(?)"
+    mark = _bind(c.values[0], params)
+    if not c.case_sensitive:
+        return f"{column} {op} {mark} COLLATE NOCASE"
+    if seekable and c.comparison is Comparison.EQUAL:
+        return f"({column} = {mark} COLLATE NOCASE AND {column} = {_bind(c.values[0], params)})"
+    return f"{column} {op} {mark}"
 
 
 class _Clauses:
-    """JOIN and WHERE clauses being built, each with its own parameters (they appear in that
-    order in the statement)."""
+    """Joins and conditions being built, each with its parameters (joins come first in the
+    statement, then conditions)."""
 
     def __init__(self, first_alias: int = 0) -> None:
         self.joins: list[str] = []
         self.join_params: list[Any] = []
         self.where: list[str] = []
         self.where_params: list[Any] = []
+        self.aliases: dict[tuple[ResourceType, int], str] = {}  # (level, tag) -> a MainDicomTags join
+        self._joined: dict[tuple[ResourceType, int, bool], str] = {}
         self._next = first_alias
 
-    def constrain(self, owner: str, c: DatabaseConstraint) -> None:
+    def constrain(self, owner: str, c: DatabaseConstraint, driver: bool = False) -> None:
+        """Join the constraint's table; the driver is the first table of the statement instead."""
         if not c.mandatory and c.comparison is Comparison.WILDCARD and c.values[0] == "*":
             return  # universal match on an optional tag: no condition at all
+        table = "DicomIdentifiers" if c.identifier else "MainDicomTags"
+        key = (c.level, c.tag, c.identifier)
+        if c.mandatory and key in self._joined:
+            # A second condition on the same row (the two bounds of a range): one join, so that
+            # SQLite scans the index between both bounds.
+            self._condition(self._joined[key], c)
+            return
         alias = f"t{self._next}"
         self._next += 1
-        table = "DicomIdentifiers" if c.identifier else "MainDicomTags"
-        kind = "JOIN" if c.mandatory else "LEFT JOIN"
-        self.joins.append(
-            f"{kind} {table} {alias} ON {alias}.id = {owner}.internalId "
-            f"AND {alias}.tagGroup = ? AND {alias}.tagElement = ?"
-        )
-        self.join_params += [c.tag >> 16, c.tag & 0xFFFF]
+        if c.mandatory:
+            self._joined[key] = alias
+        tag_params = [c.tag >> 16, c.tag & 0xFFFF]
+        if driver:
+            self.where.append(f"{alias}.tagGroup = ? AND {alias}.tagElement = ?")
+            self.where_params += tag_params
+        else:
+            kind = "JOIN" if c.mandatory else "LEFT JOIN"
+            self.joins.append(
+                f"{kind} {table} {alias} ON {alias}.id = {owner}.internalId "
+                f"AND {alias}.tagGroup = ? AND {alias}.tagElement = ?"
+            )
+            self.join_params += tag_params
+        if not c.identifier and c.mandatory:
+            self.aliases.setdefault((c.level, c.tag), alias)
+        self._condition(alias, c)
+
+    def _condition(self, alias: str, c: DatabaseConstraint) -> None:
         params: list[Any] = []
         condition = _comparison(f"{alias}.value", c, params)
         if condition is not None:
@@ -164,12 +212,14 @@ class _Clauses:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A resource that passed the database pre-selection, with the internal ids of the resources
-    the matching step reads: `chain[level]` for its ancestors, itself, and its first descendants
-    (Orthanc's "one instance of the resource": first child, recursively, in creation order)."""
+    """A resource that passed the database pre-selection. `chain` holds the internal ids of the
+    related resources asked for: ancestors, or first descendants (Orthanc's "one instance of the
+    resource" is its first child, recursively, in creation order); `values` the stored value of
+    each tag asked for, taken from the first of its levels that has it."""
 
     ref: ResourceRef
     chain: dict[ResourceType, int]
+    values: dict[int, str]
 
 
 def _first_child(expr: str) -> str:
@@ -197,55 +247,100 @@ def _lower_levels(level: ResourceType, lower: Sequence[DatabaseConstraint]) -> t
     return sql, [*clauses.join_params, *clauses.where_params]
 
 
+_SEEK_ORDER = {
+    Comparison.EQUAL: 0,
+    Comparison.LIST: 0,
+    Comparison.GREATER_OR_EQUAL: 1,
+    Comparison.SMALLER_OR_EQUAL: 1,
+    Comparison.WILDCARD: 2,
+}
+
+
+def _driver(level: ResourceType, constraints: Sequence[DatabaseConstraint]) -> DatabaseConstraint | None:
+    """The constraint whose table the statement starts from: scanning the rows of one tag (an
+    index seek for equalities) and sorting the matches is much faster than walking every resource
+    of the level in public id order and probing its tags."""
+    eligible = [c for c in constraints if c.level == level and c.mandatory]
+    return min(eligible, key=lambda c: _SEEK_ORDER[c.comparison], default=None)
+
+
 @dataclass(frozen=True)
 class _Statement:
-    select: str  # SELECT ... FROM ... JOIN ...
-    where: str
+    select: str  # SELECT ... FROM ... JOIN ... WHERE ...
     params: list[Any]
-    levels: list[ResourceType]  # levels of the id columns after internalId and publicId
+    chain: list[ResourceType]  # levels of the id columns after internalId and publicId
+    values: list[int]  # tags of the value columns after those
     row_order: str  # the creation order of the rows (descendants included when joined)
 
 
+def _id_of(level: ResourceType, k: ResourceType) -> str:
+    if k <= level:
+        return f"{_ALIASES[k]}.internalId"
+    expr = f"{_ALIASES[level]}.internalId"
+    for _ in range(level, k):
+        expr = _first_child(expr)
+    return expr
+
+
 def _candidate_sql(
-    level: ResourceType, constraints: Sequence[DatabaseConstraint], down_to: ResourceType, join_lower: bool
+    level: ResourceType,
+    constraints: Sequence[DatabaseConstraint],
+    chain: Sequence[ResourceType],
+    values: Mapping[int, Sequence[ResourceType]],
+    join_lower: bool,
 ) -> _Statement:
     """The pre-selection statement. With `join_lower`, lower-level constraints are joins, one row
     per matching chain of descendants as in Orthanc's SQL (what its LIMIT counts); otherwise an
     EXISTS, one row per candidate."""
     me = _ALIASES[level]
-    ancestors = [ResourceType(k) for k in range(level - 1, 0, -1)]
+    upper = [c.level for c in constraints if c.level < level]
+    upper += [k for k in chain if k < level] + [k for found in values.values() for k in found if k < level]
+    top = min(upper, default=level)
     joins = [
-        f"JOIN Resources {_ALIASES[k]} ON {_ALIASES[k]}.internalId = {_ALIASES[ResourceType(k + 1)]}.parentId"
-        for k in ancestors
+        f"JOIN Resources {_ALIASES[ResourceType(k)]} ON {_ALIASES[ResourceType(k)]}.internalId = "
+        f"{_ALIASES[ResourceType(k + 1)]}.parentId"
+        for k in range(level - 1, top - 1, -1)
     ]
+    driver = _driver(level, constraints)
     clauses = _Clauses()
+    if driver is not None:
+        clauses.constrain(me, driver, driver=True)
+        start = f"{'DicomIdentifiers' if driver.identifier else 'MainDicomTags'} t0 CROSS JOIN Resources {me} "
+        start += f"ON {me}.internalId = t0.id"
+    else:
+        start = f"Resources {me}"
     for c in constraints:
-        if c.level <= level:
+        if c.level <= level and c is not driver:
             clauses.constrain(_ALIASES[c.level], c)
     lower = [c for c in constraints if c.level > level]
     descendants: list[ResourceType] = []
     if lower and join_lower:
         deepest = max(c.level for c in lower)
         descendants = [ResourceType(k) for k in range(level + 1, deepest + 1)]
-        clauses.joins[:0] = _descendant_joins(level, deepest)
+        joins += _descendant_joins(level, deepest)
         for c in lower:
             clauses.constrain(_ALIASES[c.level], c)
-    where = [f"{me}.resourceType = ?", *clauses.where]
-    params: list[Any] = [*clauses.join_params, int(level), *clauses.where_params]
+    where = [*clauses.where, f"{me}.resourceType = ?"]
+    where_params = [*clauses.where_params, int(level)]
     if lower and not join_lower:
         exists, exists_params = _lower_levels(level, lower)
         where.append(exists)
-        params += exists_params
-    columns = [f"{me}.internalId", f"{me}.publicId", *(f"{_ALIASES[k]}.internalId" for k in ancestors)]
-    levels: list[ResourceType] = list(ancestors)
-    expr = f"{me}.internalId"
-    for k in range(level + 1, down_to + 1):
-        expr = _first_child(expr)
-        columns.append(expr)
-        levels.append(ResourceType(k))
+        where_params += exists_params
+    columns = [f"{me}.internalId", f"{me}.publicId", *(_id_of(level, k) for k in chain)]
+    for tag, levels in values.items():
+        reused = clauses.aliases.get((levels[0], tag)) if levels else None
+        if reused is not None:
+            columns.append(f"{reused}.value")
+            continue
+        lookups = [
+            f"(SELECT v.value FROM MainDicomTags v WHERE v.id = {_id_of(level, k)} "
+            f"AND v.tagGroup = {tag >> 16} AND v.tagElement = {tag & 0xFFFF})"
+            for k in levels
+        ]
+        columns.append(lookups[0] if len(lookups) == 1 else f"COALESCE({', '.join(lookups)})")
     row_order = ", ".join(f"{_ALIASES[k]}.internalId" for k in [level, *descendants])
-    select = f"SELECT {', '.join(columns)} FROM Resources {me} {' '.join(joins + clauses.joins)}"
-    return _Statement(select, " AND ".join(where), params, levels, row_order)
+    select = f"SELECT {', '.join(columns)} FROM {start} {' '.join(joins + clauses.joins)} WHERE {' AND '.join(where)}"
+    return _Statement(select, [*clauses.join_params, *where_params], list(chain), list(values), row_order)
 
 
 def iter_candidates(
@@ -253,51 +348,40 @@ def iter_candidates(
     level: ResourceType,
     constraints: Sequence[DatabaseConstraint],
     database_limit: int = 0,
-    down_to: ResourceType | None = None,
-) -> Iterator[list[Candidate]]:
-    """The resources of `level` the constraints pre-select, page by page, in Orthanc's order.
+    chain: Sequence[ResourceType] = (),
+    values: Mapping[int, Sequence[ResourceType]] | None = None,
+) -> Generator[list[Candidate], None, None]:
+    """The resources of `level` the constraints pre-select, in batches, in Orthanc's order
+    (public ids; creation for instances), read from one statement without holding them all.
 
-    `database_limit` (0: none) keeps the resources of the first rows of Orthanc's SQL, in
-    creation order. `down_to` asks for the ids of the first descendants down to that level in
-    `Candidate.chain`."""
-    statement = _candidate_sql(level, constraints, down_to or level, join_lower=database_limit > 0)
-    me = _ALIASES[level]
+    `database_limit` (0: none) keeps the resources of the first rows of Orthanc's SQL, in creation
+    order. `chain` lists the levels whose related resource ids each candidate needs, `values` the
+    tags whose stored value it needs (tag -> the levels that store it, the first one winning)."""
+    statement = _candidate_sql(level, constraints, chain, values or {}, join_lower=database_limit > 0)
     by_id = level is ResourceType.INSTANCE
+    chain_columns = list(enumerate(statement.chain, start=2))
+    value_columns = list(enumerate(statement.values, start=2 + len(statement.chain)))
 
-    def candidates(rows: list[Any]) -> list[Candidate]:
+    def candidates(rows: list[Any], seen: set[int]) -> list[Candidate]:
         out: list[Candidate] = []
-        seen: set[int] = set()
         for row in rows:
-            iid = int(row[0])
+            iid = row[0]
             if iid in seen:
                 continue
             seen.add(iid)
-            chain = {level: iid}
-            for k, value in zip(statement.levels, row[2:], strict=True):
-                if value is not None:
-                    chain[k] = int(value)
-            out.append(Candidate(ResourceRef(level, row[1], iid), chain))
+            ids = {k: row[i] for i, k in chain_columns if row[i] is not None}
+            found = {t: row[i] for i, t in value_columns if row[i] is not None}
+            out.append(Candidate(ResourceRef(level, row[1], iid), ids, found))
         return out
 
     if database_limit > 0:
-        rows = tx.fetch_all(
-            f"{statement.select} WHERE {statement.where} ORDER BY {statement.row_order} LIMIT ?",
-            [*statement.params, database_limit],
-        )
-        found = candidates(rows)
-        yield found if by_id else sorted(found, key=lambda c: c.ref.public_id)
+        sql = f"{statement.select} ORDER BY {statement.row_order} LIMIT ?"
+        first = candidates(tx.fetch_all(sql, [*statement.params, database_limit]), set())
+        yield first if by_id else sorted(first, key=lambda c: c.ref.public_id)
         return
-    order = f"{me}.internalId" if by_id else f"{me}.publicId"
-    last: Any = None
-    while True:
-        where = statement.where if last is None else f"{statement.where} AND {order} > ?"
-        params = statement.params if last is None else [*statement.params, last]
-        rows = tx.fetch_all(f"{statement.select} WHERE {where} ORDER BY {order} LIMIT {_PAGE}", params)
-        if rows:
-            yield candidates(rows)
-        if len(rows) < _PAGE:
-            return
-        last = rows[-1][0] if by_id else rows[-1][1]
+    order = f"{_ALIASES[level]}.internalId" if by_id else f"{_ALIASES[level]}.publicId"
+    for rows in tx.iterate(f"{statement.select} ORDER BY {order}", statement.params, _PAGE):
+        yield candidates(rows, set())
 
 
 def tag_values(tx: ReadTx, internal_ids: Iterable[int], tags: Iterable[int]) -> dict[int, dict[int, str]]:
@@ -360,4 +444,22 @@ def parents_of(tx: ReadTx, internal_ids: Sequence[int]) -> dict[int, ResourceRef
             chunk,
         ):
             out[int(child)] = ResourceRef(ResourceType(rtype), pid, int(iid))
+    return out
+
+
+def refs_with_tag(tx: ReadTx, internal_ids: Sequence[int], tag: int) -> dict[int, tuple[ResourceRef, str | None]]:
+    """Internal id -> (the resource, its stored value of `tag`), in one query per 500 ids."""
+    out: dict[int, tuple[ResourceRef, str | None]] = {}
+    ids = sorted(set(internal_ids))
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i : i + _CHUNK]
+        rows = tx.fetch_all(
+            "SELECT r.internalId, r.resourceType, r.publicId, t.value FROM Resources r LEFT JOIN MainDicomTags t "
+            "ON t.id = r.internalId AND t.tagGroup = ? AND t.tagElement = ? "
+            f"WHERE r.internalId IN ({','.join('?' * len(chunk))})",
+            [tag >> 16, tag & 0xFFFF, *chunk],
+        )
+        levels = {int(level): ResourceType(level) for level in ResourceType}
+        for iid, level, public, value in rows:
+            out[iid] = (ResourceRef(levels[level], public, iid), value)
     return out

@@ -121,7 +121,8 @@ CREATE TABLE DicomIdentifiers(
     PRIMARY KEY(id, tagGroup, tagElement)
 );
 CREATE INDEX DicomIdentifiersValues ON DicomIdentifiers(tagGroup, tagElement, value);
-CREATE INDEX MainDicomTagsValues ON MainDicomTags(tagGroup, tagElement, value);
+-- Case-insensitive comparisons of finds (COLLATE NOCASE folds ASCII letters, as SQLite's lower()).
+CREATE INDEX MainDicomTagsValues ON MainDicomTags(tagGroup, tagElement, value COLLATE NOCASE);
 -- Candidates of a find come in public id order within a level.
 CREATE INDEX ResourceTypePublicIndex ON Resources(resourceType, publicId);
 """

@@ -7,7 +7,7 @@ backend translates them). Operations here never open transactions: `Index.read/w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -99,6 +99,16 @@ class ReadTx:
 
     def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._cur.execute(sql, params).fetchone()
+
+    def iterate(self, sql: str, params: Sequence[Any] = (), size: int = 1000) -> Iterator[list[Any]]:
+        """The rows of one statement in batches of `size`, never all at once (large finds). Other
+        queries may run between two batches."""
+        cursor = self._cur.execute(sql, params)
+        try:
+            while rows := cursor.fetchmany(size):
+                yield list(rows)
+        finally:
+            cursor.close()  # also when the caller stops early: no statement left open at COMMIT
 
     # -- resources -----------------------------------------------------------------------------
     def lookup(self, public_id: str, level: ResourceType | None = None) -> ResourceRef | None:
