@@ -18,9 +18,8 @@ def _client(server: Server) -> TestClient:
 
 
 def _upload(client: TestClient, patient: str, seed: int, size: int = 8) -> int:
-    return client.post(
-        "/instances", content=make_bytes(Spec(seed=seed, patient_id=patient, rows=size, columns=size))
-    ).status_code
+    answer = client.post("/instances", content=make_bytes(Spec(seed=seed, patient_id=patient, rows=size, columns=size)))
+    return int(answer.status_code)
 
 
 def _patients(client: TestClient) -> list[str]:

@@ -79,6 +79,11 @@ def describe(
     parents = tx.parents(ids) if level is not ResourceType.PATIENT else {}
     children = tx.children(ids) if level is not ResourceType.INSTANCE else {}
     files = tx.attachments(ids, FileContentType.DICOM) if level is ResourceType.INSTANCE else {}
+    series_indexes: dict[int, dict[int, str]] = {}
+    if level is ResourceType.SERIES:
+        # One query for the IndexInSeries of every instance of every series of the page.
+        instance_ids = [c.internal_id for r in refs for c in children[r.internal_id]]
+        series_indexes = tx.metadata(instance_ids, [MetadataType.INSTANCE_INDEX_IN_SERIES]) if instance_ids else {}
     now = clock()
     out: list[dict[str, Any]] = []
     for ref in refs:
@@ -105,7 +110,7 @@ def describe(
             expected_raw = meta[iid].get(MetadataType.SERIES_EXPECTED_NUMBER_OF_INSTANCES)
             expected = int(expected_raw) if expected_raw and expected_raw.isdigit() else None
             item["ExpectedNumberOfInstances"] = expected
-            item["Status"] = _series_status(expected, [c.internal_id for c in children[iid]], tx)
+            item["Status"] = _series_status(expected, [c.internal_id for c in children[iid]], series_indexes)
         elif level is ResourceType.INSTANCE:
             dicom = files[iid][0] if files[iid] else None
             if dicom is not None:
@@ -124,11 +129,10 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
-def _series_status(expected: int | None, instances: list[int], tx: ReadTx) -> str:
+def _series_status(expected: int | None, instances: list[int], indexes: dict[int, dict[int, str]]) -> str:
     """Orthanc's series status from ExpectedNumberOfInstances and the instances' IndexInSeries."""
     if expected is None:
         return "Unknown"
-    indexes = tx.metadata(instances, [MetadataType.INSTANCE_INDEX_IN_SERIES]) if instances else {}
     seen: set[int] = set()
     for iid in instances:
         index = _int_or_none(indexes[iid].get(MetadataType.INSTANCE_INDEX_IN_SERIES))
