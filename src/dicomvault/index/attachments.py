@@ -64,20 +64,7 @@ def get_attachment(tx: ReadTx, internal_id: int, content_type: int) -> StoredAtt
 def put_attachment(tx: WriteTx, internal_id: int, info: FileInfo, revision: int) -> None:
     """Create or replace the attachment of `info.content_type`, recording `revision`."""
     tx.execute("DELETE FROM AttachedFiles WHERE id = ? AND fileType = ?", (internal_id, int(info.content_type)))
-    tx.execute(
-        f"INSERT INTO AttachedFiles(id, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            internal_id,
-            int(info.content_type),
-            info.uuid,
-            info.compressed_size,
-            info.uncompressed_size,
-            int(info.compression),
-            info.uncompressed_md5,
-            info.compressed_md5,
-            revision,
-        ),
-    )
+    tx.add_attachment(internal_id, info, revision)
 
 
 def delete_attachment(tx: WriteTx, internal_id: int, content_type: int) -> None:

@@ -277,9 +277,9 @@ class WriteTx(ReadTx):
             (int(change), ref.internal_id, int(ref.level), date),
         )
 
-    def add_attachment(self, internal_id: int, info: FileInfo) -> None:
+    def add_attachment(self, internal_id: int, info: FileInfo, revision: int = 0) -> None:
         self._cur.execute(
-            f"INSERT INTO AttachedFiles(id, {_FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO AttachedFiles(id, {_FILE_COLUMNS}, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 internal_id,
                 int(info.content_type),
@@ -289,6 +289,7 @@ class WriteTx(ReadTx):
                 int(info.compression),
                 info.uncompressed_md5,
                 info.compressed_md5,
+                revision,
             ),
         )
 

@@ -35,8 +35,7 @@ from dicomvault.index.attachments import (
 from dicomvault.index.database import Index
 from dicomvault.index.transactions import ReadTx, WriteTx
 from dicomvault.model import FileInfo, ResourceRef
-from dicomvault.storage.accessor import StorageAccessor, compress_zlib_with_size, decompress_zlib_with_size, md5_hex
-from dicomvault.storage.area import new_uuid
+from dicomvault.storage.accessor import StorageAccessor, decompress_zlib_with_size, md5_hex
 
 logger = logging.getLogger(__name__)
 
@@ -238,22 +237,7 @@ class Attachments:
     # ---- files -----------------------------------------------------------------------------
     def _write_as(self, data: bytes, content_type: int, compression: CompressionType) -> FileInfo:
         """Write a new file with the compression asked for (not the configured one)."""
-        policy = self.accessor.policy
-        zlib = compression == CompressionType.ZLIB_WITH_SIZE
-        stored = compress_zlib_with_size(data, policy.level) if zlib else data
-        uuid = new_uuid()
-        self.accessor.area.create(uuid, stored)
-        plain_md5 = md5_hex(data) if policy.store_md5 else ""
-        stored_md5 = plain_md5 if stored is data or not policy.store_md5 else md5_hex(stored)
-        return FileInfo(
-            uuid=uuid,
-            content_type=content_type,
-            uncompressed_size=len(data),
-            uncompressed_md5=plain_md5,
-            compression=compression,
-            compressed_size=len(stored),
-            compressed_md5=stored_md5,
-        )
+        return self.accessor.write(data, content_type, compression)
 
     def _commit(self, write: Callable[[WriteTx], T], new_file: FileInfo) -> T:
         try:

@@ -67,10 +67,14 @@ class StorageAccessor:
         self.area = area
         self.policy = policy
 
-    def write(self, data: bytes, content_type: FileContentType | int) -> FileInfo:
+    def write(
+        self, data: bytes, content_type: FileContentType | int, compression: CompressionType | None = None
+    ) -> FileInfo:
+        """Store `data` as a new file, compressed as configured unless `compression` says otherwise."""
         uuid = new_uuid()
         md5 = md5_hex if self.policy.store_md5 else (lambda _data: "")
-        if self.policy.enabled:
+        compress = self.policy.enabled if compression is None else compression == CompressionType.ZLIB_WITH_SIZE
+        if compress:
             stored, compression = compress_zlib_with_size(data, self.policy.level), CompressionType.ZLIB_WITH_SIZE
         else:
             stored, compression = data, CompressionType.NONE
