@@ -26,7 +26,7 @@ from dicomvault.ingest.attachments import Attachments, attachment_etag, iter_fil
 from dicomvault.ingest.store import now_iso
 from dicomvault.rest.metadata import at_level, if_match, names, not_modified, plain
 from dicomvault.rest.requests import context, flag, read_body
-from dicomvault.rest.responses import JsonResponse
+from dicomvault.rest.responses import JsonResponse, attachment_response
 
 logger = logging.getLogger(__name__)
 
@@ -131,10 +131,7 @@ async def _data(request: Request, stored: StoredAttachment) -> Response:
         "Content-Type": names(request).mime_type(content_type),
         "Content-Disposition": f'filename="{info.uuid}{".dcm" if content_type == FileContentType.DICOM else ""}"',
     }
-    service = _service(request)
-    if info.compression == CompressionType.NONE:
-        return await _stream(service, stored, headers)
-    return Response(await run_in_threadpool(service.read, info), headers=headers)
+    return await attachment_response(_service(request).accessor, info, headers)
 
 
 async def _compressed_data(request: Request, stored: StoredAttachment) -> Response:

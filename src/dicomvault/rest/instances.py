@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomvault.context import ServerContext
@@ -21,7 +21,7 @@ from dicomvault.dicom.tags_json import (
     header_to_json,
     parse_tags_format,
 )
-from dicomvault.enums import CompressionType, FileContentType, RequestOrigin, ResourceType
+from dicomvault.enums import FileContentType, RequestOrigin, ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.find.resources import require
 from dicomvault.index.transactions import ReadTx
@@ -29,7 +29,7 @@ from dicomvault.ingest.archives import is_zip, iter_zip
 from dicomvault.ingest.store import Origin
 from dicomvault.model import FileInfo
 from dicomvault.rest.requests import context, read_body
-from dicomvault.rest.responses import JsonResponse
+from dicomvault.rest.responses import JsonResponse, attachment_response
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +83,8 @@ def _load_dicom(ctx: ServerContext, public_id: str) -> bytes:
 async def file(request: Request) -> Response:
     ctx = context(request)
     info = await run_in_threadpool(_dicom_file, ctx, request.path_params["id"])
-    headers = {"Content-Disposition": f'filename="{info.uuid}.dcm"'}
-    if info.compression == CompressionType.NONE:
-        path = ctx.accessor.area.path(info.uuid)
-        if not path.is_file():
-            raise DicomVaultError(
-                ErrorCode.INEXISTENT_FILE, f"the file of instance {request.path_params['id']} is missing"
-            )
-        return FileResponse(path, media_type="application/dicom", headers=headers)
-    data = await run_in_threadpool(ctx.accessor.read, info)
-    return Response(data, media_type="application/dicom", headers=headers)
+    headers = {"Content-Type": "application/dicom", "Content-Disposition": f'filename="{info.uuid}.dcm"'}
+    return await attachment_response(ctx.accessor, info, headers)
 
 
 async def _tags_answer(request: Request, form: TagsFormat, header: bool) -> Response:
