@@ -36,30 +36,26 @@ async def statistics(request: Request) -> Response:
     return JsonResponse(await run_in_threadpool(ctx.index.read, read))
 
 
-async def shared_tags(request: Request) -> Response:
-    ctx = context(request)
-    answer = await run_in_threadpool(
-        summaries.shared_tags,
-        ctx.index,
-        ctx.accessor,
-        request.path_params["id"],
-        parse_tags_format(request.query_params),
-        ctx.config.default_encoding,
-    )
-    return JsonResponse(answer)
+def _tags_of_instances(reader: Callable[..., Any]) -> Callable[[Request], Awaitable[Response]]:
+    """A route rendering tags read from the files of a resource's instances."""
+
+    async def endpoint(request: Request) -> Response:
+        ctx = context(request)
+        answer = await run_in_threadpool(
+            reader,
+            ctx.index,
+            ctx.accessor,
+            request.path_params["id"],
+            parse_tags_format(request.query_params),
+            ctx.config.default_encoding,
+        )
+        return JsonResponse(answer)
+
+    return endpoint
 
 
-async def instances_tags(request: Request) -> Response:
-    ctx = context(request)
-    answer = await run_in_threadpool(
-        summaries.instances_tags,
-        ctx.index,
-        ctx.accessor,
-        request.path_params["id"],
-        parse_tags_format(request.query_params),
-        ctx.config.default_encoding,
-    )
-    return JsonResponse(answer)
+shared_tags = _tags_of_instances(summaries.shared_tags)
+instances_tags = _tags_of_instances(summaries.instances_tags)
 
 
 def module_endpoint(module_level: ResourceType, resource_level: ResourceType | None) -> Endpoint:
