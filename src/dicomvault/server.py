@@ -74,6 +74,7 @@ class Server:
         self._closed = True
         if self.context.stability is not None:
             self.context.stability.close()  # its passes write to the index
+        self.context.ingest.close()
         if self.owns_workers:
             self.workers.shutdown()
         self.context.index.close()

@@ -268,8 +268,13 @@ class WriteTx(ReadTx):
         return ref.internal_id
 
     def set_metadata(self, internal_id: int, mtype: int, value: str) -> None:
-        self._cur.execute("DELETE FROM Metadata WHERE id = ? AND type = ?", (internal_id, int(mtype)))
-        self._cur.execute("INSERT INTO Metadata(id, type, value) VALUES (?, ?, ?)", (internal_id, int(mtype), value))
+        """Create or replace a metadata value (revision back to 0). One upsert statement, valid in
+        SQLite (>= 3.24) and PostgreSQL alike."""
+        self._cur.execute(
+            "INSERT INTO Metadata(id, type, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(id, type) DO UPDATE SET value = excluded.value, revision = 0",
+            (internal_id, int(mtype), value),
+        )
 
     def log_change(self, change: ChangeType, ref: ResourceRef, date: str) -> None:
         self._cur.execute(
@@ -353,8 +358,11 @@ class WriteTx(ReadTx):
                 MetadataType.INSTANCE_REMOTE_AET,
                 instance_metadata.get(MetadataType.INSTANCE_REMOTE_AET, ""),
             )
-        for mtype, value in instance_metadata.items():
-            self.set_metadata(instance.internal_id, mtype, value)
+        # The instance is new: its metadata rows are plain inserts, in one batch.
+        self._cur.executemany(
+            "INSERT INTO Metadata(id, type, value) VALUES (?, ?, ?)",
+            [(instance.internal_id, int(mtype), value) for mtype, value in instance_metadata.items()],
+        )
         patient = refs[ResourceType.PATIENT]
         self._cur.execute("DELETE FROM PatientRecyclingOrder WHERE patientId = ?", (patient.internal_id,))
         # A protected patient stays out of the recycling order (as in Orthanc).

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,6 +28,8 @@ from dicomvault.model import FileInfo, StoreResult, StoreStatus
 from dicomvault.storage.accessor import StorageAccessor
 
 logger = logging.getLogger(__name__)
+
+PIPELINE_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -117,22 +120,22 @@ class Ingest:
         self._limits = limits if limits is not None and limits.active else None
         self._clock = clock
         self._after_store = after_store
+        # Enough pipeline threads for many uploads to be in flight at once (their index writes
+        # then share commits); each mostly waits on a worker process or on the index writer.
+        self._threads = ThreadPoolExecutor(max_workers=PIPELINE_THREADS, thread_name_prefix="ingest")
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
 
     async def store(self, raw: bytes, origin: Origin) -> StoreResult:
-        prepared = await self._workers.prepare_async(raw, self._settings)
-        write = self._index_write(prepared, origin)
+        # The whole pipeline runs on one pipeline thread, so an upload costs the event loop a
+        # single hand-off and a single wake-up (measured: cheaper than awaiting each step).
         loop = asyncio.get_running_loop()
-        try:
-            outcome = await self._index.write_async(write)
-        except BaseException:
-            await loop.run_in_executor(None, self._discard, prepared.file)
-            raise
-        if outcome.stored and not outcome.replaced:
-            return self._finish(prepared, outcome)  # nothing to remove: no thread hop
-        return await loop.run_in_executor(None, self._finish, prepared, outcome)
+        return await loop.run_in_executor(self._threads, self.store_sync, raw, origin)
 
     def store_sync(self, raw: bytes, origin: Origin) -> StoreResult:
-        """The same pipeline for callers on plain threads (the DICOM server)."""
+        """The pipeline, blocking: for the pipeline threads and for callers on plain threads (the
+        DICOM server)."""
         prepared = self._workers.prepare(raw, self._settings)
         try:
             outcome = self._index.write(self._index_write(prepared, origin))
