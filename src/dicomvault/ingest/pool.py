@@ -17,8 +17,6 @@ import queue
 import socket
 import struct
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dicomvault.errors import DicomVaultError, ErrorCode
@@ -98,8 +96,8 @@ class _Worker:
 
 
 class WorkerPool:
-    """`size` worker processes; `prepare(raw, settings)` is thread-safe and blocking,
-    `prepare_async` awaits it from the event loop."""
+    """`size` worker processes; `prepare(raw, settings)` is thread-safe and blocking (the ingest
+    pipeline threads call it)."""
 
     def __init__(self, size: int | None = None) -> None:
         self.size = size or max(2, os.cpu_count() or 2)
@@ -110,8 +108,6 @@ class WorkerPool:
         self._closed = False
         for _ in range(self.size):
             self._add()
-        # One waiting thread per worker is enough: more callers queue here, not on a worker.
-        self._threads = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="ingest-call")
 
     def _add(self) -> None:
         worker = _Worker(self._ctx)
@@ -140,17 +136,10 @@ class WorkerPool:
         assert isinstance(result, Prepared)
         return result
 
-    async def prepare_async(self, raw: bytes, settings: StorageSettings) -> Prepared:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self.prepare, raw, settings)
-
     def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._threads.shutdown(wait=True)
         with self._lock:
             workers, self._all = self._all, []
         for worker in workers:
@@ -159,6 +148,3 @@ class WorkerPool:
     def pids(self) -> list[int]:
         with self._lock:
             return [w.process.pid for w in self._all if w.process.pid is not None]
-
-
-Prepare = Callable[[bytes, StorageSettings], Prepared]
