@@ -1,6 +1,7 @@
 """Archives, in process: the zip layout rules (names, order, uniqueness), entries byte-exact against
 the stored files (plain and compressed storage), ZIP64, bounded memory while streaming a large
-archive, files vanishing mid-stream, and the refusal of what is not supported (jobs, transcoding).
+archive, files vanishing mid-stream, and the refusal of what is not supported (transcoding).
+Archive jobs are tested in `tests/test_jobs.py`.
 
 The differential tests (`tests/test_differential_archives.py`) compare the same routes with the
 real Orthanc; the names expected here are the ones Orthanc 1.10.1 was seen to make."""
@@ -192,7 +193,7 @@ def test_errors_and_refusals(client: TestClient, two_patients: dict[str, dict[st
     assert (bad.status_code, bad.json()["OrthancStatus"]) == (400, 15)
     syntax = client.get(f"/series/{series}/archive?transcode=bogus")
     assert (syntax.status_code, syntax.json()["OrthancStatus"]) == (400, 3)
-    for body in ({"Asynchronous": True}, {"Synchronous": False}, {"Transcode": "1.2.840.10008.1.2.1"}):
+    for body in ({"Transcode": "1.2.840.10008.1.2.1"}, {"Asynchronous": True, "Transcode": "1.2.840.10008.1.2.1"}):
         refused = client.post(f"/series/{series}/archive", json=body)
         assert refused.status_code == 400
         assert "not supported yet" in refused.json()["Details"]
@@ -301,11 +302,11 @@ def test_large_archive_streams_in_bounded_memory(server: Server, client: TestCli
 
 
 def test_answer_is_an_iterator(server: Server, two_patients: dict[str, dict[str, str]]) -> None:
-    from dicomvault.rest.archives import ZipResponse, _answer
+    from dicomvault.rest.archives import ArchiveOptions, ZipResponse, _answer
 
     ctx = server.context
     folders = ctx.index.read(lambda tx: archive.plan(tx, [_series_ref(tx, two_patients["ct3"]["ParentSeries"])]))
-    response = _answer(ctx, folders, "x.zip", "test")
+    response = asyncio.run(_answer(ctx, folders, "x.zip", "test", ArchiveOptions()))
     assert isinstance(response, ZipResponse)
     assert hasattr(response.body_iterator, "__anext__")
 

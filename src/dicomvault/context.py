@@ -14,6 +14,8 @@ from dicomvault.config import Config
 from dicomvault.index.database import Index
 from dicomvault.ingest.stability import StabilityMonitor
 from dicomvault.ingest.store import Ingest
+from dicomvault.jobs.engine import JobsEngine
+from dicomvault.network.modalities import Modalities
 from dicomvault.storage.accessor import StorageAccessor
 
 
@@ -23,6 +25,8 @@ class ServerContext:
     index: Index
     accessor: StorageAccessor
     ingest: Ingest
+    jobs: JobsEngine
+    modalities: Modalities
     clock: Callable[[], float] = field(default=time.time)
     # The source of `IsStable` (None only for contexts built without a monitor).
     stability: StabilityMonitor | None = None

@@ -51,6 +51,7 @@ class ErrorCode(IntEnum):
     EMPTY_REQUEST = 33
     NOT_ACCEPTABLE = 34
     DATABASE_UNAVAILABLE = 36
+    CANCELED_JOB = 37
     BAD_RANGE = 41
     DATABASE_CANNOT_SERIALIZE = 42
     REVISION = 43
@@ -62,6 +63,13 @@ class ErrorCode(IntEnum):
     HTTP_PORT_IN_USE = 2003
     DICOM_PORT_IN_USE = 2004
     MAKE_DIRECTORY = 2008
+    NO_CFIND_HANDLER = 2010
+    NO_CMOVE_HANDLER = 2011
+    NO_CSTORE_HANDLER = 2012
+    NO_SOP_CLASS_OR_INSTANCE = 2014
+    NO_PRESENTATION_CONTEXT = 2015
+    DICOM_FIND_UNAVAILABLE = 2016
+    DICOM_MOVE_UNAVAILABLE = 2017
     CANNOT_STORE_INSTANCE = 2018
     UNKNOWN_MODALITY = 2027
     UNSUPPORTED_MEDIA_TYPE = 3000
@@ -96,6 +104,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.EMPTY_REQUEST: "The request is empty",
     ErrorCode.NOT_ACCEPTABLE: "Cannot send a response which is acceptable according to the Accept HTTP header",
     ErrorCode.DATABASE_UNAVAILABLE: "The database is currently not available (probably a transient situation)",
+    ErrorCode.CANCELED_JOB: "This job was canceled",
     ErrorCode.BAD_RANGE: "Incorrect range request",
     ErrorCode.DATABASE_CANNOT_SERIALIZE: (
         "Database could not serialize access due to concurrent update, the transaction should be retried"
@@ -109,6 +118,13 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.HTTP_PORT_IN_USE: "The TCP port of the HTTP server is privileged or already in use",
     ErrorCode.DICOM_PORT_IN_USE: "The TCP port of the DICOM server is privileged or already in use",
     ErrorCode.MAKE_DIRECTORY: "Cannot create a directory",
+    ErrorCode.NO_CFIND_HANDLER: "No request handler factory for DICOM C-FIND SCP",
+    ErrorCode.NO_CMOVE_HANDLER: "No request handler factory for DICOM C-MOVE SCP",
+    ErrorCode.NO_CSTORE_HANDLER: "No request handler factory for DICOM C-STORE SCP",
+    ErrorCode.NO_SOP_CLASS_OR_INSTANCE: "DicomUserConnection: Unable to find the SOP class and instance",
+    ErrorCode.NO_PRESENTATION_CONTEXT: "DicomUserConnection: No acceptable presentation context for modality",
+    ErrorCode.DICOM_FIND_UNAVAILABLE: "DicomUserConnection: The C-FIND command is not supported by the remote SCP",
+    ErrorCode.DICOM_MOVE_UNAVAILABLE: "DicomUserConnection: The C-MOVE command is not supported by the remote SCP",
     ErrorCode.CANNOT_STORE_INSTANCE: "Cannot store an instance",
     ErrorCode.UNKNOWN_MODALITY: "Unknown modality",
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: "Unsupported media type",

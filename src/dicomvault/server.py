@@ -28,7 +28,9 @@ from dicomvault.ingest.pool import WorkerPool
 from dicomvault.ingest.stability import StabilityMonitor
 from dicomvault.ingest.store import Ingest, now_iso
 from dicomvault.ingest.worker import StorageSettings
+from dicomvault.jobs.engine import JobsEngine
 from dicomvault.model import FileInfo
+from dicomvault.network.modalities import Modalities
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
 from dicomvault.storage.area import FilesystemStorageArea
 
@@ -72,6 +74,7 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        self.context.jobs.close()  # running jobs pause at their next step
         if self.context.stability is not None:
             self.context.stability.close()  # its passes write to the index
         self.context.ingest.close()
@@ -163,8 +166,22 @@ def build(
         after_store=stability.instance_stored,
     )
     _recycle_at_start(index, accessor, limits)
+    modalities = Modalities(
+        config.dicom_modalities,
+        strict_aet=config.strict_aet_comparison,
+        check_host=config.dicom_check_modality_host,
+        index=index if config.dicom_modalities_in_database else None,
+    )
+    jobs = JobsEngine(config.concurrent_jobs, config.jobs_history_size, clock)
     context = ServerContext(
-        config=config, index=index, accessor=accessor, ingest=ingest, clock=clock, stability=stability
+        config=config,
+        index=index,
+        accessor=accessor,
+        ingest=ingest,
+        jobs=jobs,
+        modalities=modalities,
+        clock=clock,
+        stability=stability,
     )
     stability.start()
     return Server(context=context, workers=pool, owns_workers=owns)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import logging
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from zipstream import ZIP_DEFLATED, ZipStream
@@ -222,8 +222,15 @@ def series_entries(tx: ReadTx, folder: SeriesFolder) -> list[ArchiveEntry]:
 # ---- the zip stream ------------------------------------------------------------------------------
 
 
-def stream(index: Index, accessor: StorageAccessor, folders: Sequence[SeriesFolder], label: str) -> Iterator[bytes]:
-    """The zip, piece by piece. `label` names the archive in log messages."""
+def stream(
+    index: Index,
+    accessor: StorageAccessor,
+    folders: Sequence[SeriesFolder],
+    label: str,
+    on_file: Callable[[ArchiveEntry], None] | None = None,
+) -> Iterator[bytes]:
+    """The zip, piece by piece. `label` names the archive in log messages; `on_file` is told of
+    each file once it is in the zip (an archive job's progress)."""
     zipped = ZipStream(compress_type=ZIP_DEFLATED, compress_level=_COMPRESS_LEVEL)
     pending: list[bytes] = []
     size = written = 0
@@ -255,6 +262,8 @@ def stream(index: Index, accessor: StorageAccessor, folders: Sequence[SeriesFold
                 )
                 raise ArchiveInterrupted(str(exc)) from exc
             written += 1
+            if on_file is not None:
+                on_file(entry)
     pending.extend(zipped.footer())
     yield b"".join(pending)
     logger.info("archive %s: %d files sent", label, written)

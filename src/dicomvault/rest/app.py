@@ -14,7 +14,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomvault.context import ServerContext
 from dicomvault.errors import DicomVaultError, ErrorCode
-from dicomvault.rest import archives, attachments, changes, find, instances, metadata, resources, summaries, system
+from dicomvault.rest import (
+    archives,
+    attachments,
+    changes,
+    find,
+    instances,
+    jobs,
+    metadata,
+    resources,
+    summaries,
+    system,
+)
 from dicomvault.rest.responses import JsonResponse, error_body, error_response, internal_error_response
 from dicomvault.rest.security import AccessControl
 
@@ -81,6 +92,7 @@ def route_table() -> list[BaseRoute]:
         *changes.routes(),
         *find.routes(),
         *archives.routes(),
+        *jobs.routes(),
         *summaries.routes(),
         *resources.routes(),
     ]

@@ -1,11 +1,11 @@
 """Archive routes: `/{level}/{id}/archive` (GET and POST) and `POST /tools/create-archive`, answered
-with a streamed zip (the layout and the stream are `find.archive`'s).
+with a streamed zip (the layout and the stream are `find.archive`'s), or, with `"Asynchronous": true`
+(or `"Synchronous": false`), with an archive job (`{"ID", "Path"}`; the zip is then
+`GET /jobs/{id}/archive`, see `jobs.archive`).
 
-Only synchronous archives without transcoding are made. `"Asynchronous": true` (or `"Synchronous":
-false`) asks for an archive job, and `Transcode` for a conversion of the files: the jobs engine comes
-with the DICOM networking issue and transcoding is not implemented yet, so both are refused with 400
-and a message saying so, after the body was checked as Orthanc 1.10.1 checks it (same statuses and
-error codes for the same malformed bodies).
+`Transcode` (a conversion of the files) is not implemented: it is refused with 400 and a message
+saying so, after the body was checked as Orthanc 1.10.1 checks it (same statuses and error codes
+for the same malformed bodies).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom._uid_dict import UID_dictionary  # pydicom.uid re-exports it implicitly only
@@ -26,8 +27,10 @@ from dicomvault.context import ServerContext
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.find.archive import ArchiveInterrupted, SeriesFolder, plan, stream
 from dicomvault.index.transactions import ReadTx
+from dicomvault.jobs.archive import ArchiveJob
 from dicomvault.model import ResourceRef
 from dicomvault.rest.requests import context, read_body
+from dicomvault.rest.responses import JsonResponse
 
 logger = logging.getLogger(__name__)
 
@@ -71,37 +74,42 @@ def _check_syntax(uid: str) -> None:
         raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"not a transfer syntax UID: {uid!r}")
 
 
-def _options(body: dict[str, Any]) -> tuple[bool, str | None]:
-    """(synchronous, transcode) of a body, checked in Orthanc's order; `Synchronous` wins over
-    `Asynchronous`, synchronous is the default."""
+@dataclass(frozen=True)
+class ArchiveOptions:
+    synchronous: bool = True
+    transcode: str | None = None
+    priority: int = 0
+
+
+def _options(body: dict[str, Any]) -> ArchiveOptions:
+    """The options of a body, checked in Orthanc's order; `Synchronous` wins over `Asynchronous`,
+    synchronous is the default."""
     synchronous = True
+    priority = 0
     if "Synchronous" in body:
         synchronous = _boolean(body, "Synchronous")
     elif "Asynchronous" in body:
         synchronous = not _boolean(body, "Asynchronous")
     if "Priority" in body:
-        priority = body["Priority"]
-        integral = isinstance(priority, int) or (isinstance(priority, float) and priority.is_integer())
-        if isinstance(priority, bool) or not integral or not _INT32[0] <= priority <= _INT32[1]:
+        value = body["Priority"]
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral or not _INT32[0] <= value <= _INT32[1]:
             raise _bad_format('"Priority" must be an integer')
+        priority = int(value)
     transcode = None
     if "Transcode" in body:
         transcode = body["Transcode"]
         if not isinstance(transcode, str):
             raise _bad_format('"Transcode" must be a transfer syntax UID (a string)')
         _check_syntax(transcode)
-    return synchronous, transcode
+    return ArchiveOptions(synchronous, transcode, priority)
 
 
-def _refuse_unsupported(synchronous: bool, transcode: str | None) -> None:
-    if not synchronous:
-        # The jobs engine (GET /jobs/{id}, /jobs/{id}/archive) comes with the DICOM issue.
+def _refuse_unsupported(options: ArchiveOptions) -> None:
+    if options.transcode is not None:
         raise DicomVaultError(
-            ErrorCode.BAD_REQUEST,
-            'asynchronous archives (archive jobs) are not supported yet: ask with "Synchronous": true',
+            ErrorCode.BAD_REQUEST, f"transcoding archives (to {options.transcode}) is not supported yet"
         )
-    if transcode is not None:
-        raise DicomVaultError(ErrorCode.BAD_REQUEST, f"transcoding archives (to {transcode}) is not supported yet")
 
 
 def _parse_json(raw: bytes, details: str) -> Any:
@@ -111,22 +119,22 @@ def _parse_json(raw: bytes, details: str) -> Any:
         raise _bad_format(details) from exc
 
 
-def resource_options(raw: bytes) -> tuple[bool, str | None]:
+def resource_options(raw: bytes) -> ArchiveOptions:
     """The body of `POST /{level}/{id}/archive`: any JSON (Orthanc reads options from an object
     only), not an empty or unparseable one."""
     body = _parse_json(raw, "the body must be JSON")
-    return _options(body) if isinstance(body, dict) else (True, None)
+    return _options(body) if isinstance(body, dict) else ArchiveOptions()
 
 
-def create_archive_body(raw: bytes) -> tuple[list[str], bool, str | None]:
+def create_archive_body(raw: bytes) -> tuple[list[str], ArchiveOptions]:
     """The body of `POST /tools/create-archive`: `{"Resources": [ids...], options...}`, or the
     bare list of ids that Orthanc also accepts."""
     body = _parse_json(raw, 'the body must be a JSON list of resource ids, or an object with a "Resources" list')
     if isinstance(body, list):
         resources: Any = body
-        synchronous, transcode = True, None
+        options = ArchiveOptions()
     elif isinstance(body, dict):
-        synchronous, transcode = _options(body)
+        options = _options(body)
         if "Resources" not in body:
             raise _bad_format('the body has no "Resources" list')
         resources = body["Resources"]
@@ -134,7 +142,7 @@ def create_archive_body(raw: bytes) -> tuple[list[str], bool, str | None]:
         raise _bad_format(None)
     if not isinstance(resources, list) or not all(isinstance(r, str) for r in resources):
         raise _bad_format('"Resources" must be a list of resource ids (strings)')
-    return resources, synchronous, transcode
+    return resources, options
 
 
 # ---- the answers ------------------------------------------------------------------------------------
@@ -156,8 +164,17 @@ def _plan(ctx: ServerContext, public_ids: Sequence[str]) -> list[SeriesFolder]:
     return ctx.index.read(lambda tx: plan(tx, _lookup(tx, public_ids)))
 
 
-def _answer(ctx: ServerContext, folders: list[SeriesFolder], filename: str, label: str) -> Response:
+async def _answer(
+    ctx: ServerContext, folders: list[SeriesFolder], filename: str, label: str, options: ArchiveOptions
+) -> Response:
+    _refuse_unsupported(options)
     logger.info("archive %s: %d series folders", label, len(folders))
+    if not options.synchronous:
+        job = await run_in_threadpool(
+            ArchiveJob, ctx.index, ctx.accessor, folders, label, temporary_directory=ctx.config.temporary_directory
+        )
+        job_id = ctx.jobs.submit(job, options.priority)
+        return JsonResponse({"ID": job_id, "Path": f"/jobs/{job_id}"})
     return ZipResponse(
         stream(ctx.index, ctx.accessor, folders, label),
         headers={"Content-Disposition": f'filename="{filename}"'},
@@ -168,23 +185,21 @@ async def resource_archive(request: Request) -> Response:
     ctx = context(request)
     public_id = request.path_params["id"]
     if request.method == "POST":
-        synchronous, transcode = resource_options(await read_body(request, _MAX_BODY))
+        options = resource_options(await read_body(request, _MAX_BODY))
         folders = await run_in_threadpool(_plan, ctx, [public_id])
     else:
         folders = await run_in_threadpool(_plan, ctx, [public_id])
-        synchronous, transcode = True, request.query_params.get("transcode")
-        if transcode is not None:
-            _check_syntax(transcode)
-    _refuse_unsupported(synchronous, transcode)
-    return _answer(ctx, folders, f"{public_id}.zip", request.url.path)
+        options = ArchiveOptions(transcode=request.query_params.get("transcode"))
+        if options.transcode is not None:
+            _check_syntax(options.transcode)
+    return await _answer(ctx, folders, f"{public_id}.zip", request.url.path, options)
 
 
 async def create_archive(request: Request) -> Response:
     ctx = context(request)
-    public_ids, synchronous, transcode = create_archive_body(await read_body(request, _MAX_BODY))
+    public_ids, options = create_archive_body(await read_body(request, _MAX_BODY))
     folders = await run_in_threadpool(_plan, ctx, public_ids)
-    _refuse_unsupported(synchronous, transcode)
-    return _answer(ctx, folders, "Archive.zip", request.url.path)
+    return await _answer(ctx, folders, "Archive.zip", request.url.path, options)
 
 
 def routes() -> list[Route]:
