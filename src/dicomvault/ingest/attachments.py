@@ -202,7 +202,15 @@ class Attachments:
         before = self.get(level, public_id, content_type)
         if before.info.compression == compression:
             return
-        data = self.accessor.read(before.info)
+        try:
+            data = self.accessor.read(before.info)
+        except DicomVaultError:
+            if self.get(level, public_id, content_type).info.uuid != before.info.uuid:
+                # Replaced (and its file removed) between our look-up and our read: a lost race.
+                raise DicomVaultError(
+                    ErrorCode.REVISION, f"attachment {content_type} of {public_id} changed meanwhile"
+                ) from None
+            raise
         if before.info.uncompressed_md5 and md5_hex(data) != before.info.uncompressed_md5:
             # Rewriting would record fresh MD5s for damaged content and hide the damage.
             raise DicomVaultError(
