@@ -58,12 +58,16 @@ class OrthancServer:
     """One Orthanc process with its own storage, index, configuration and log under `base`.
 
     `overrides` are configuration keys added to (or replacing) the defaults written here: no
-    plugins, loopback access only, no authentication, no jobs saved between runs.
+    plugins, loopback access only, no authentication, no jobs saved between runs. `env` adds
+    environment variables to Orthanc's (e.g. `TCP_NODELAY=1`, read by its DCMTK network layer).
     """
 
-    def __init__(self, base: Path, overrides: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, base: Path, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.base = base
         self.overrides = dict(overrides or {})
+        self.env = dict(env or {})
         self.config_path = base / "orthanc.json"
         self.log_path = base / "orthanc.log"
         self.http_port = 0
@@ -112,6 +116,7 @@ class OrthancServer:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     cwd=self.base,
+                    env={**os.environ, **self.env},
                 )
             if self._wait_ready(timeout):
                 return

@@ -55,8 +55,6 @@ def test_both_forms() -> None:
         ["", "host", 104],
         ["A" * 17, "host", 104],
         ["AET", "host", "port"],
-        ["AET", "host", 0],
-        ["AET", "host", 70000],
         ["AET", "", 104],
         {"AET": "X", "Host": "h"},
         {"AET": "X", "Host": "h", "Port": 104, "AllowEcho": "yes"},
@@ -72,6 +70,25 @@ def test_bad_definitions_are_refused_with_the_name(value: Any) -> None:
         parse_modality("scanner", value)
     assert refused.value.code is ErrorCode.BAD_FILE_FORMAT
     assert '"scanner"' in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "value", [["AET", "host", 0], ["AET", "host", 65535], {"AET": "X", "Host": "h", "Port": -1}, ["A", "h", 1, "Bogus"]]
+)
+def test_out_of_range_values_are_orthancs_code_3(value: Any) -> None:
+    with pytest.raises(DicomVaultError) as refused:
+        parse_modality("scanner", value)
+    assert refused.value.code is ErrorCode.PARAMETER_OUT_OF_RANGE and refused.value.http_status == 400
+
+
+def test_manufacturers_as_orthanc_names_them() -> None:
+    # Observed on Orthanc 1.10.1: obsolete names are accepted and replaced, others refused.
+    expected = {"GE": "GE", "Vitrea": "Vitrea", "ClearCanvas": "Generic", "SyngoVia": "GenericNoWildcardInDates"}
+    for given, kept in expected.items():
+        assert parse_modality("m", {"AET": "X", "Host": "h", "Port": 1, "Manufacturer": given}).manufacturer == kept
+    for refused in ("StoreScp", "generic", 5):
+        with pytest.raises(DicomVaultError):
+            parse_modality("m", {"AET": "X", "Host": "h", "Port": 1, "Manufacturer": refused})
 
 
 def test_lookups_by_aet() -> None:

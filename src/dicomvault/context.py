@@ -16,6 +16,7 @@ from dicomvault.ingest.stability import StabilityMonitor
 from dicomvault.ingest.store import Ingest
 from dicomvault.jobs.engine import JobsEngine
 from dicomvault.network.modalities import Modalities
+from dicomvault.network.queries import QueryRegistry
 from dicomvault.storage.accessor import StorageAccessor
 
 
@@ -27,6 +28,8 @@ class ServerContext:
     ingest: Ingest
     jobs: JobsEngine
     modalities: Modalities
+    # The answers of C-FIND queries made over REST (`/queries`), bounded by QueryRetrieveSize.
+    queries: QueryRegistry
     clock: Callable[[], float] = field(default=time.time)
     # The source of `IsStable` (None only for contexts built without a monitor).
     stability: StabilityMonitor | None = None

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicomvault.config import Config
 from dicomvault.context import ServerContext
@@ -31,8 +32,12 @@ from dicomvault.ingest.worker import StorageSettings
 from dicomvault.jobs.engine import JobsEngine
 from dicomvault.model import FileInfo
 from dicomvault.network.modalities import Modalities
+from dicomvault.network.queries import QueryRegistry
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
 from dicomvault.storage.area import FilesystemStorageArea
+
+if TYPE_CHECKING:
+    from dicomvault.network.scp import DicomServer
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class Server:
     workers: WorkerPool
     owns_workers: bool = True
     _closed: bool = field(default=False, repr=False)
+    # The DICOM server (C-ECHO/STORE/FIND/MOVE/GET), while `serve()` runs it.
+    dicom: DicomServer | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Config:
@@ -74,6 +81,9 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self.dicom is not None:
+            self.dicom.close()  # no new C-STORE reaches the ingest being closed below
+            self.dicom = None
         self.context.jobs.close()  # running jobs pause at their next step
         if self.context.stability is not None:
             self.context.stability.close()  # its passes write to the index
@@ -100,11 +110,31 @@ class Server:
         sock.set_inheritable(True)
         return sock
 
+    def start_dicom(self, host: str = "0.0.0.0", port: int | None = None) -> int:
+        """Start the DICOM server (port None: DicomPort); returns its port. A port in use is a
+        start-up refusal."""
+        from dicomvault.network.scp import DicomServer
+
+        if self.dicom is None:
+            self.dicom = DicomServer(self.context)
+        try:
+            return self.dicom.start(host, port)
+        except DicomVaultError as exc:
+            if exc.code is ErrorCode.DICOM_PORT_IN_USE:
+                raise StartupRefused(exc.code, exc.details) from exc
+            raise
+
     def serve(self, sock: socket.socket | None = None) -> None:
-        """Run the HTTP server until SIGINT/SIGTERM."""
+        """Run the HTTP server (and the DICOM server if `DicomServerEnabled`) until SIGINT/SIGTERM."""
         import uvicorn
 
         sock = sock or self.bind_http()
+        if self.config.dicom_server_enabled and self.dicom is None:
+            try:
+                self.start_dicom()
+            except BaseException:
+                sock.close()
+                raise
         port = sock.getsockname()[1]
         uv_config = uvicorn.Config(
             self.app(),  # type: ignore[arg-type]
@@ -121,6 +151,9 @@ class Server:
             asyncio.run(server.serve(sockets=[sock]))
         finally:
             sock.close()
+            if self.dicom is not None:
+                self.dicom.close()
+                self.dicom = None
             logger.warning("dicomvault has stopped")
 
 
@@ -180,6 +213,7 @@ def build(
         ingest=ingest,
         jobs=jobs,
         modalities=modalities,
+        queries=QueryRegistry(config.query_retrieve_size),
         clock=clock,
         stability=stability,
     )

@@ -103,9 +103,37 @@ def _port(name: str, value: Any) -> int:
         port = int(value)
     except (TypeError, ValueError) as exc:
         raise _bad(name, f"the port must be an integer, not {value!r}") from exc
-    if not 1 <= port <= 65535:
-        raise _bad(name, f"the port must be between 1 and 65535, not {port}")
+    if not 1 <= port <= 65534:  # Orthanc 1.10.1's range, code 3 (observed)
+        raise DicomVaultError(
+            ErrorCode.PARAMETER_OUT_OF_RANGE,
+            f'DICOM modality "{name}": a TCP port number must be in range [1..65534], but found: {port}',
+        )
     return port
+
+
+# Orthanc 1.10.1's manufacturers, and the obsolete names it still accepts in their place (observed:
+# any other name, or another case, is refused with code 3).
+MANUFACTURERS = ("Generic", "GenericNoWildcardInDates", "GenericNoUniversalWildcard", "Vitrea", "GE")
+_OBSOLETE_MANUFACTURERS = {
+    "ClearCanvas": "Generic",
+    "Dcm4Chee": "Generic",
+    "MedInria": "Generic",
+    "EFilm2": "Generic",
+    "SyngoVia": "GenericNoWildcardInDates",
+    "AgfaImpax": "GenericNoWildcardInDates",
+}
+
+
+def _manufacturer(name: str, value: Any) -> str:
+    if isinstance(value, str):
+        if value in MANUFACTURERS:
+            return value
+        if value in _OBSOLETE_MANUFACTURERS:
+            return _OBSOLETE_MANUFACTURERS[value]
+    raise DicomVaultError(
+        ErrorCode.PARAMETER_OUT_OF_RANGE,
+        f'DICOM modality "{name}": unknown manufacturer {value!r} (known: {", ".join(MANUFACTURERS)})',
+    )
 
 
 def _aet(name: str, value: Any, what: str = "AET") -> str:
@@ -121,7 +149,7 @@ def parse_modality(name: str, value: Any) -> RemoteModality:
     if isinstance(value, list | tuple):
         if len(value) not in (3, 4) or not all(isinstance(v, str | int) for v in value):
             raise _bad(name, 'expected ["AET", "host", port] or ["AET", "host", port, "manufacturer"]')
-        manufacturer = str(value[3]) if len(value) == 4 else "Generic"
+        manufacturer = _manufacturer(name, value[3]) if len(value) == 4 else "Generic"
         return RemoteModality(_aet(name, value[0]), _host(name, value[1]), _port(name, value[2]), manufacturer)
     if not isinstance(value, Mapping):
         raise _bad(name, "expected an array or an object")
@@ -142,6 +170,8 @@ def parse_modality(name: str, value: Any) -> RemoteModality:
             kwargs[attr] = _host(name, item)
         elif attr == "port":
             kwargs[attr] = _port(name, item)
+        elif attr == "manufacturer":
+            kwargs[attr] = _manufacturer(name, item)
         elif attr == "timeout":
             if isinstance(item, bool) or not isinstance(item, int) or item < 0:
                 raise _bad(name, f"Timeout must be a non-negative integer, not {item!r}")

@@ -22,6 +22,8 @@ from dicomvault.rest import (
     instances,
     jobs,
     metadata,
+    modalities,
+    queries,
     resources,
     summaries,
     system,
@@ -93,6 +95,8 @@ def route_table() -> list[BaseRoute]:
         *find.routes(),
         *archives.routes(),
         *jobs.routes(),
+        *modalities.routes(),
+        *queries.routes(),
         *summaries.routes(),
         *resources.routes(),
     ]
