@@ -139,8 +139,9 @@ KEYS: tuple[Key, ...] = (
         "of the gain on DICOM pixel data; every level is readable by Orthanc.", minimum=1,
         maximum=9, field="storage_compression_level"),
     key("MaximumUploadSize", 4 * GIB, "dicomvault only. Largest accepted HTTP request body in "
-        "bytes (a DICOM file or a zip of them); 0 removes the limit. The 4 GiB default is above "
-        "any single DICOM file yet stops a runaway upload from filling the disk.",
+        "bytes (a DICOM file or a zip of them), and largest data set one C-STORE may send; 0 "
+        "removes the limit. The 4 GiB default is above any single DICOM file yet stops a runaway "
+        "upload from filling the disk.",
         field="maximum_upload_size"),
     key("MaximumStorageSize", 0, "Limit of the storage in megabytes (0: none); what happens when "
         "it is reached is set by MaximumStorageMode.", field="maximum_storage_size"),
