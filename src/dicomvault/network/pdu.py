@@ -109,7 +109,7 @@ class _BoundedReader:
             assert association_socket is not None
             association_socket.close()
             return
-        if len(dul.assoc.dimse.msg_queue.queue) >= MAX_WAITING_MESSAGES:
+        if reading_paused(dul):
             # Backpressure: complete requests wait for the association's thread (a peer that does
             # not wait for our responses); leave the bytes in the socket, TCP slows the peer down.
             return
@@ -182,6 +182,12 @@ class _BoundedReader:
         logger.warning("aborting the association with DICOM peer %s: %s", self._peer(), why)
         self._refused = True
         self._dul.event_queue.put(_INVALID_PDU)
+
+
+def reading_paused(dul: DULServiceProvider) -> bool:
+    """True while the bounded reader leaves the socket alone (backpressure, see `MAX_WAITING_MESSAGES`);
+    `network/reactor.py` then stops polling the socket, which stays readable."""
+    return len(dul.assoc.dimse.msg_queue.queue) >= MAX_WAITING_MESSAGES
 
 
 def _receive(sock: socket.socket, count: int, deadline: float | None) -> bytearray:

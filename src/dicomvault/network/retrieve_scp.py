@@ -57,6 +57,7 @@ from dicomvault.network.find_scp import decoded_identifier
 from dicomvault.network.modalities import RemoteModality
 from dicomvault.network.pdu import PduLimits, bound_pdu_reading
 from dicomvault.network.presentation import EXPLICIT_LE, MAX_CONTEXTS, UNCOMPRESSED_FALLBACK, sending_syntaxes
+from dicomvault.network.reactor import event_driven
 from dicomvault.network.store_job import DicomStoreJob
 
 if TYPE_CHECKING:
@@ -270,6 +271,7 @@ class RetrieveScp:
         if raw is not None:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         bound_pdu_reading(dul, self._outgoing_limits)
+        event_driven(event.assoc)  # (the DUL already runs: its part applies from its next turn)
 
     def _submit_job(self, event: Event, peer: Peer, modality: RemoteModality, selection: Selection) -> None:
         job = DicomStoreJob(

@@ -30,7 +30,8 @@ pynetdicom internals this module relies on (pinned by `network/pdu.py`'s version
 by the tests): `RequestHandler._create_association`, `ACSE._negotiate_as_acceptor` and
 `ACSE._check_sop_class_common_extended` (overridden to apply the rules above and to route C-STORE
 on unknown SOP classes to the storage service through SOP Class Common Extended Negotiation),
-`DULServiceProvider._read_pdu_data` (bounded by `network/pdu.py`). Process-wide, `start()` turns
+`DULServiceProvider._read_pdu_data` (bounded by `network/pdu.py`), the waiting of the association's
+two threads (made event-driven by `network/reactor.py`). Process-wide, `start()` turns
 off pynetdicom's logging of every request/response identifier (`_config.LOG_*_IDENTIFIERS`: it
 formats them even when the log level discards them) and filters its traceback of the failures our
 C-MOVE handler raises on purpose; everything else is per association or per server.
@@ -69,6 +70,7 @@ from dicomvault.network.find_scp import FindScp
 from dicomvault.network.modalities import Modalities, same_aet
 from dicomvault.network.pdu import PduLimits, bound_pdu_reading
 from dicomvault.network.presentation import STORAGE_SERVICE_CLASS, SupportedContexts
+from dicomvault.network.reactor import event_driven
 from dicomvault.network.retrieve_scp import RetrieveScp
 
 logger = logging.getLogger(__name__)
@@ -258,6 +260,7 @@ class _RequestHandler(RequestHandler):
         _drop_logging_handlers(assoc)
         assoc.acse = _PolicyACSE(assoc, owner)
         bound_pdu_reading(assoc.dul, owner.pdu_limits)
+        event_driven(assoc)  # its two threads wait for events instead of polling every 1 ms
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
 

@@ -63,6 +63,7 @@ from dicomvault.config import Config
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.network.modalities import RemoteModality
 from dicomvault.network.pdu import PduLimits, bound_pdu_reading
+from dicomvault.network.reactor import event_driven
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,7 @@ class _NoDelaySocket(AssociationSocket):
         # What the peer sends is read within bounds (pynetdicom trusts PDU lengths: its issue
         # #1086); installed before the association's reader thread starts.
         bound_pdu_reading(assoc.dul, limits)
+        event_driven(assoc)  # its two threads wait for events instead of polling every 1 ms
         super().__init__(assoc, address=address)
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
