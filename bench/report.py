@@ -9,6 +9,7 @@ on a machine whose load changes.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +74,10 @@ def _value(round_record: dict[str, Any], server: str, metric: Metric) -> float |
     return float(value) if isinstance(value, int | float) else None
 
 
-def summarize(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarize(rounds: list[dict[str, Any]], metrics: Sequence[Metric] = METRICS) -> list[dict[str, Any]]:
     """One row per metric: both servers' median figures, per-round ratios, their median, the target."""
     rows: list[dict[str, Any]] = []
-    for metric in METRICS:
+    for metric in metrics:
         row: dict[str, Any] = {
             "metric": f"{metric.key}.{metric.field}",
             "label": metric.label,
@@ -151,13 +152,15 @@ def table(rows: list[dict[str, Any]], rounds: int) -> str:
     return "\n".join(out)
 
 
-def load_lines(rounds: list[dict[str, Any]]) -> str:
+LOAD_KEYS = ("ingest_ct_1", "ingest_ct_4", "ingest_tiny_1", "ingest_tiny_4", "download_ct_4", "expand_studies")
+
+
+def load_lines(rounds: list[dict[str, Any]], keys: Sequence[str] = LOAD_KEYS) -> str:
     """Per timed load, medians over rounds: cores used by the server, by the load generator and by
     the rest of the machine (other programs), and the server's CPU time per request, a figure that
     depends little on the machine's load."""
     columns = ("server cores", "client cores", "rest of machine", "server CPU ms/request")
     fields = ("server_cores", "client_cores", "other_cores", "server_cpu_ms_per_request")
-    keys = ("ingest_ct_1", "ingest_ct_4", "ingest_tiny_1", "ingest_tiny_4", "download_ct_4", "expand_studies")
     out = [f"{'timed load (medians)':<28}" + "".join(f"{c:>23}" for c in columns)]
     for key in keys:
         for server in (DV, ORTHANC):

@@ -224,6 +224,23 @@ class Bench:
                            record["p99_ms"])  # fmt: skip
         return record
 
+    def measure(self, server: Server, phase: str) -> dict[str, Any]:
+        """The timed loads of one phase on a freshly started `server` (bench.dicom overrides it)."""
+        records: dict[str, Any] = {}
+        if phase == "ct_1":
+            records["ingest_ct_1"] = self._ingest(server, self.ct, 1, "ingest_ct_1")
+        elif phase == "ct_4":
+            records["ingest_ct_4"] = self._ingest(server, self.ct, 4, "ingest_ct_4")
+            records["download_ct_4"] = self._download(server)
+        elif phase == "tiny_1":
+            records["ingest_tiny_1"] = self._ingest(server, self.tiny, 1, "ingest_tiny_1")
+        elif phase == "tiny_4":
+            records["ingest_tiny_4"] = self._ingest(server, self.tiny, 4, "ingest_tiny_4")
+            for query in FIND_QUERIES:
+                records[query.name] = self._latency(server, query, self.plan.find_repeats)
+            records[EXPAND_QUERY.name] = self._latency(server, EXPAND_QUERY, self.plan.expand_repeats)
+        return records
+
     def phase(self, server: Server, round_no: int, phase: str) -> dict[str, Any]:
         """Start `server` on an empty folder, run one phase, stop it; returns the phase's records."""
         base = self.workdir / f"r{round_no}-{server.name}-{phase}"
@@ -231,18 +248,7 @@ class Bench:
         server.start(base)
         try:
             with MemorySampler(server.pid) as sampler:
-                if phase == "ct_1":
-                    records["ingest_ct_1"] = self._ingest(server, self.ct, 1, "ingest_ct_1")
-                elif phase == "ct_4":
-                    records["ingest_ct_4"] = self._ingest(server, self.ct, 4, "ingest_ct_4")
-                    records["download_ct_4"] = self._download(server)
-                elif phase == "tiny_1":
-                    records["ingest_tiny_1"] = self._ingest(server, self.tiny, 1, "ingest_tiny_1")
-                elif phase == "tiny_4":
-                    records["ingest_tiny_4"] = self._ingest(server, self.tiny, 4, "ingest_tiny_4")
-                    for query in FIND_QUERIES:
-                        records[query.name] = self._latency(server, query, self.plan.find_repeats)
-                    records[EXPAND_QUERY.name] = self._latency(server, EXPAND_QUERY, self.plan.expand_repeats)
+                records.update(self.measure(server, phase))
         finally:
             server.stop()
             remove_tree(base)
@@ -277,25 +283,31 @@ class Bench:
         return rounds
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and one round (a smoke run of 1-2 min)")
+def common_arguments(parser: argparse.ArgumentParser, quick_minutes: str) -> None:
+    """The options every benchmark command shares (sizes, rounds, cache, profiling)."""
+    quick = f"small sizes and one round (a smoke run of {quick_minutes})"
+    parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--out", type=Path, help="where to write the JSON results (default: a file in the temp dir)")
     parser.add_argument("--rounds", type=int, help="rounds alternating the two servers (default 3; 1 with --quick)")
     parser.add_argument("--ct", type=int, help="number of CT slices (default 1000; 100 with --quick)")
     parser.add_argument("--tiny", type=int, help="number of tiny instances (default 20000; 1000 with --quick)")
     parser.add_argument("--studies", type=int, help="studies of the tiny set (default 2000; 100 with --quick)")
+    parser.add_argument("--cache-dir", type=Path, default=data.default_cache_dir(), help="generated data cache")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="record py-spy profiles of dicomvault's timed loads into DIR"
+    )
+    parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (for --profile)")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    common_arguments(parser, "1-2 min")
     parser.add_argument(
         "--client",
         choices=("raw", "httpx"),
         default="raw",
         help="HTTP client of the load generator: raw sockets (least client CPU, default) or httpx",
     )
-    parser.add_argument("--cache-dir", type=Path, default=data.default_cache_dir(), help="generated data cache")
-    parser.add_argument(
-        "--profile", type=Path, metavar="DIR", help="record py-spy profiles of dicomvault's timed loads into DIR"
-    )
-    parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (for --profile)")
     return parser.parse_args(argv)
 
 

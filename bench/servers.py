@@ -5,8 +5,12 @@ apart from the server and the clients).
 
 dicomvault runs as `python -m dicomvault serve CONFIG`; Orthanc as `/usr/sbin/Orthanc CONFIG`
 through the test suite's launcher (`tests.orthanc.OrthancServer`: no plugins, loopback only).
-Both get nothing but their folders, a name and free ports: every other setting is the default
-(SQLite index, no compression, fsync on).
+Both get nothing but their folders, a name, free ports, an AET and the benchmark's DICOM client
+declared as a modality (Orthanc 1.10.1 refuses C-FIND from unknown AETs: `DicomAlwaysAllowFind`
+is false by default): every other setting is the default (SQLite index, no compression, fsync
+on). Orthanc runs with `TCP_NODELAY=1` in its environment, which its DCMTK network layer reads:
+as shipped, Nagle's algorithm caps it near 20 C-STORE/s per association, which would compare
+nothing. dicomvault gets no such variable: its DICOM server must disable Nagle itself.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 from tests.orthanc import OrthancServer
@@ -30,14 +34,21 @@ from tests.servers import free_port
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _TICK = os.sysconf("SC_CLK_TCK")
 
+BENCH_AET = "BENCHSCU"  # the calling AET of the benchmark's DICOM clients
+_DICOM_SETTINGS: dict[str, Any] = {"DicomModalities": {"bench": [BENCH_AET, "127.0.0.1", 104]}}
+
 
 class Server(Protocol):
     """A server process the benchmark can start on an empty folder and stop."""
 
     name: str
+    aet: str
 
     @property
     def url(self) -> str: ...
+
+    @property
+    def dicom_port(self) -> int: ...
 
     @property
     def pid(self) -> int: ...
@@ -49,10 +60,16 @@ class Server(Protocol):
 
 class DicomVault:
     name = "dicomvault"
+    aet = "DICOMVAULT"
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self._dicom_port = 0
+
+    @property
+    def dicom_port(self) -> int:
+        return self._dicom_port
 
     @property
     def url(self) -> str:
@@ -69,11 +86,14 @@ class DicomVault:
         log = base / "dicomvault.log"
         for _ in range(attempts):
             self.port = free_port()
+            self._dicom_port = free_port()
             settings = {
                 "Name": "dicomvault-bench",
                 "StorageDirectory": str(base / "storage"),
                 "HttpPort": self.port,
-                "DicomPort": free_port(),
+                "DicomPort": self._dicom_port,
+                "DicomAet": self.aet,
+                **_DICOM_SETTINGS,
             }
             config.write_text(json.dumps(settings, indent=2))
             with open(log, "ab") as out:
@@ -105,6 +125,7 @@ class DicomVault:
 
 class Orthanc:
     name = "orthanc"
+    aet = "ORTHANC"
 
     def __init__(self) -> None:
         self.server: OrthancServer | None = None
@@ -119,8 +140,14 @@ class Orthanc:
         assert self.server is not None and self.server.proc is not None
         return self.server.proc.pid
 
+    @property
+    def dicom_port(self) -> int:
+        assert self.server is not None
+        return self.server.dicom_port
+
     def start(self, base: Path) -> None:
-        self.server = OrthancServer(base, {"Name": "orthanc-bench"})
+        settings = {"Name": "orthanc-bench", "DicomAet": self.aet, **_DICOM_SETTINGS}
+        self.server = OrthancServer(base, settings, env={"TCP_NODELAY": "1"})
         self.server.start(timeout=60.0)
 
     def stop(self) -> None:
