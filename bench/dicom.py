@@ -180,22 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         logger.error("%s missing: install Debian's dcmtk package (scripts/setup.sh --test)", ", ".join(missing))
         return 2
-    plan = QUICK_PLAN if args.quick else FULL_PLAN
-    sizes = replace(
-        plan.sizes,
-        ct=args.ct or plan.sizes.ct,
-        tiny=args.tiny or plan.sizes.tiny,
-        tiny_studies=args.studies or plan.sizes.tiny_studies,
-    )
-    plan = replace(
-        plan, sizes=sizes, rounds=args.rounds or plan.rounds, find_repeats=args.find_repeats or plan.find_repeats
-    )
-    profiler = None
-    if args.profile is not None:
-        if not args.py_spy:
-            logger.error("--profile needs py-spy (see bench/README.md); --py-spy names its executable")
-            return 2
-        profiler = run.Profiler(args.profile, args.py_spy)
+    plan = run.plan_from_arguments(args, QUICK_PLAN, FULL_PLAN)
+    plan = replace(plan, find_repeats=args.find_repeats or plan.find_repeats)
+    profiler = run.profiler_from_arguments(args)
+    sizes = plan.sizes
     started = datetime.datetime.now(datetime.UTC)
     load_before = load_average()
     t0 = time.monotonic()

@@ -299,6 +299,30 @@ def common_arguments(parser: argparse.ArgumentParser, quick_minutes: str) -> Non
     parser.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable (for --profile)")
 
 
+def plan_from_arguments(args: argparse.Namespace, quick: Plan, full: Plan) -> Plan:
+    """The plan the common options ask for (sizes and rounds over the quick or full defaults)."""
+    plan = quick if args.quick else full
+    sizes = replace(
+        plan.sizes,
+        ct=args.ct or plan.sizes.ct,
+        tiny=args.tiny or plan.sizes.tiny,
+        tiny_studies=args.studies or plan.sizes.tiny_studies,
+    )
+    return replace(plan, sizes=sizes, rounds=args.rounds or plan.rounds)
+
+
+def profiler_from_arguments(args: argparse.Namespace) -> Profiler | None:
+    """The py-spy recorder `--profile` asks for; exits with status 2 when py-spy is missing."""
+    if args.profile is None:
+        return None
+    if not args.py_spy:
+        logger.error(
+            "--profile needs py-spy (e.g. pip install --target /tmp/pyspy py-spy; --py-spy /tmp/pyspy/bin/py-spy)"
+        )
+        raise SystemExit(2)
+    return Profiler(args.profile, args.py_spy)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     common_arguments(parser, "1-2 min")
@@ -317,22 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     if not orthanc_available():
         logger.error("/usr/sbin/Orthanc is missing: install Debian's orthanc package (scripts/setup.sh --test)")
         return 2
-    plan = QUICK_PLAN if args.quick else FULL_PLAN
-    sizes = replace(
-        plan.sizes,
-        ct=args.ct or plan.sizes.ct,
-        tiny=args.tiny or plan.sizes.tiny,
-        tiny_studies=args.studies or plan.sizes.tiny_studies,
-    )
-    plan = replace(plan, sizes=sizes, rounds=args.rounds or plan.rounds)
-    profiler = None
-    if args.profile is not None:
-        if not args.py_spy:
-            logger.error(
-                "--profile needs py-spy (e.g. pip install --target /tmp/pyspy py-spy; --py-spy /tmp/pyspy/bin/py-spy)"
-            )
-            return 2
-        profiler = Profiler(args.profile, args.py_spy)
+    plan = plan_from_arguments(args, QUICK_PLAN, FULL_PLAN)
+    profiler = profiler_from_arguments(args)
+    sizes = plan.sizes
     started = datetime.datetime.now(datetime.UTC)
     load_before = load_average()
     t0 = time.monotonic()
