@@ -23,15 +23,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from functools import partial
@@ -41,10 +37,10 @@ from typing import Any
 import httpx
 from tests.orthanc import orthanc_available
 
-from bench import data, dicom_load, report, run
+from bench import data, dicom_load, run
 from bench.dicom_load import FindQuery
 from bench.report import Metric
-from bench.servers import BENCH_AET, Server, load_average
+from bench.servers import BENCH_AET, Server
 
 logger = logging.getLogger("bench")
 
@@ -183,58 +179,24 @@ def main(argv: list[str] | None = None) -> int:
     plan = run.plan_from_arguments(args, QUICK_PLAN, FULL_PLAN)
     plan = replace(plan, find_repeats=args.find_repeats or plan.find_repeats)
     profiler = run.profiler_from_arguments(args)
-    sizes = plan.sizes
-    started = datetime.datetime.now(datetime.UTC)
-    load_before = load_average()
-    t0 = time.monotonic()
-    ct, tiny = data.prepare(sizes, args.cache_dir)
-    workdir = Path(tempfile.mkdtemp(prefix="dicomvault-bench-dicom-"))
-    try:
-        rounds = DicomBench(plan, ct, tiny, workdir, profiler, args.find_client).run()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    rows = report.summarize(rounds, METRICS)
-    mismatches = report.answer_mismatches(rounds)
-    results: dict[str, Any] = {
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": round(time.monotonic() - t0, 1),
-        "machine": {
-            "cores": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": load_average(),
-            "python": platform.python_version(),
-            "storescu": _tool_version("storescu"),
-        },
-        "plan": {
-            "ct": sizes.ct,
-            "ct_mb": round(ct.total_bytes / 1e6, 1),
-            "tiny": sizes.tiny,
-            "tiny_studies": sizes.tiny_studies,
-            "rounds": plan.rounds,
+
+    def run_rounds(ct: data.Pack, tiny: data.Pack, workdir: Path) -> list[dict[str, Any]]:
+        return DicomBench(plan, ct, tiny, workdir, profiler, args.find_client).run()
+
+    described = run.Report(
+        "dicomvault / Orthanc 1.10.1 over DICOM",
+        "dicomvault-bench-dicom",
+        METRICS,
+        LOAD_KEYS,
+        machine={"storescu": _tool_version("storescu")},
+        plan={
             "find_repeats": plan.find_repeats,
             "find_client": args.find_client,
             "find_queries": {q.name: [dict(v) for v in q.variants] for q in FIND_QUERIES},
             "find_return_keys": list(dicom_load.RETURN_KEYS),
         },
-        "summary": rows,
-        "answer_mismatches": mismatches,
-        "rounds": rounds,
-    }
-    out = args.out or Path(tempfile.gettempdir()) / f"dicomvault-bench-dicom-{started:%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print()
-    print(
-        f"dicomvault / Orthanc 1.10.1 over DICOM: {sizes.ct} CT slices, {sizes.tiny} tiny instances over "
-        f"{sizes.tiny_studies} studies, {plan.rounds} round(s), {results['seconds']:.0f} s; load average before "
-        f"{load_before}, after {results['machine']['load_average_after']}"
     )
-    print(report.table(rows, plan.rounds))
-    print()
-    print(report.load_lines(rounds, LOAD_KEYS))
-    for line in mismatches:
-        print("answers differ:", line)
-    print(f"\nJSON: {out}")
-    return 0
+    return run.run_and_report(args, plan, run_rounds, described)
 
 
 def _tool_version(tool: str) -> str:

@@ -29,8 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -335,25 +335,35 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if not orthanc_available():
-        logger.error("/usr/sbin/Orthanc is missing: install Debian's orthanc package (scripts/setup.sh --test)")
-        return 2
-    plan = plan_from_arguments(args, QUICK_PLAN, FULL_PLAN)
-    profiler = profiler_from_arguments(args)
+@dataclass(frozen=True)
+class Report:
+    """How one benchmark command names and describes its run."""
+
+    title: str  # "dicomvault / Orthanc 1.10.1"
+    prefix: str  # temporary folder and default JSON file name
+    metrics: Sequence[report.Metric] = report.METRICS
+    load_keys: Sequence[str] = report.LOAD_KEYS
+    machine: Mapping[str, Any] = field(default_factory=dict)  # extra facts about the machine's tools
+    plan: Mapping[str, Any] = field(default_factory=dict)  # extra facts about the plan
+
+
+RunRounds = Callable[[data.Pack, data.Pack, Path], list[dict[str, Any]]]
+
+
+def run_and_report(args: argparse.Namespace, plan: Plan, run_rounds: RunRounds, described: Report) -> int:
+    """Prepare the data, run the rounds in a temporary folder, write the JSON results and print
+    the summary (shared by every benchmark command)."""
     sizes = plan.sizes
     started = datetime.datetime.now(datetime.UTC)
     load_before = load_average()
     t0 = time.monotonic()
     ct, tiny = data.prepare(sizes, args.cache_dir)
-    workdir = Path(tempfile.mkdtemp(prefix="dicomvault-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{described.prefix}-"))
     try:
-        rounds = Bench(plan, ct, tiny, workdir, profiler, args.client).run()
+        rounds = run_rounds(ct, tiny, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    rows = report.summarize(rounds)
+    rows = report.summarize(rounds, described.metrics)
     mismatches = report.answer_mismatches(rounds)
     results: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
@@ -363,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_before": load_before,
             "load_average_after": load_average(),
             "python": platform.python_version(),
+            **described.machine,
         },
         "plan": {
             "ct": sizes.ct,
@@ -370,30 +381,52 @@ def main(argv: list[str] | None = None) -> int:
             "tiny": sizes.tiny,
             "tiny_studies": sizes.tiny_studies,
             "rounds": plan.rounds,
-            "download_passes": plan.download_passes,
-            "find_repeats": plan.find_repeats,
-            "expand_repeats": plan.expand_repeats,
-            "client": args.client,
+            **described.plan,
         },
         "summary": rows,
         "answer_mismatches": mismatches,
         "rounds": rounds,
     }
-    out = args.out or Path(tempfile.gettempdir()) / f"dicomvault-bench-{started:%Y%m%dT%H%M%S}.json"
+    out = args.out or Path(tempfile.gettempdir()) / f"{described.prefix}-{started:%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(results, indent=2))
     print()
     print(
-        f"dicomvault / Orthanc 1.10.1: {sizes.ct} CT slices, {sizes.tiny} tiny instances over {sizes.tiny_studies} "
+        f"{described.title}: {sizes.ct} CT slices, {sizes.tiny} tiny instances over {sizes.tiny_studies} "
         f"studies, {plan.rounds} round(s), {results['seconds']:.0f} s; load average before {load_before}, "
         f"after {results['machine']['load_average_after']}"
     )
     print(report.table(rows, plan.rounds))
     print()
-    print(report.load_lines(rounds))
+    print(report.load_lines(rounds, described.load_keys))
     for line in mismatches:
         print("answers differ:", line)
     print(f"\nJSON: {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not orthanc_available():
+        logger.error("/usr/sbin/Orthanc is missing: install Debian's orthanc package (scripts/setup.sh --test)")
+        return 2
+    plan = plan_from_arguments(args, QUICK_PLAN, FULL_PLAN)
+    profiler = profiler_from_arguments(args)
+
+    def run_rounds(ct: data.Pack, tiny: data.Pack, workdir: Path) -> list[dict[str, Any]]:
+        return Bench(plan, ct, tiny, workdir, profiler, args.client).run()
+
+    described = Report(
+        "dicomvault / Orthanc 1.10.1",
+        "dicomvault-bench",
+        plan={
+            "download_passes": plan.download_passes,
+            "find_repeats": plan.find_repeats,
+            "expand_repeats": plan.expand_repeats,
+            "client": args.client,
+        },
+    )
+    return run_and_report(args, plan, run_rounds, described)
 
 
 if __name__ == "__main__":

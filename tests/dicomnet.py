@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,31 @@ def run_dcmtk(tool: str, *args: str, timeout: float = 60, cwd: Path | None = Non
         cwd=cwd,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def storescp(folder: Path, aet: str = "STORESCP") -> Iterator[int]:
+    """DCMTK's storescp writing what it receives (any transfer syntax) into `folder`, on a free
+    port it already listens on; stopped on exit."""
+    from tests.servers import free_port
+
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        ["storescp", "-aet", aet, "-od", str(folder), "+xa", str(port)],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while run_dcmtk("echoscu", "-aec", aet, "127.0.0.1", str(port), timeout=10).returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 # ---- dicomvault's DICOM server in process -------------------------------------------------------

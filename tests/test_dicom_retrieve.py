@@ -37,8 +37,8 @@ from tests.dicomnet import (
     storage_peer,
     store,
 )
+from tests.dicomnet import storescp as dcmtk_storescp
 from tests.orthanc import OrthancServer, missing_orthanc_reason, orthanc_available
-from tests.servers import free_port
 from tests.test_dicom_scp import dataset_part, encoded
 
 STUDY = Spec(seed=300)
@@ -191,20 +191,8 @@ def test_move_sends_as_stored_and_fails_what_the_peer_refuses(dicom_node: DicomN
 
 @needs_dcmtk
 def test_movescu_to_storescp(dicom_node: DicomNodeFactory, tmp_path: Path) -> None:
-    import subprocess
-
-    from tests.dicomnet import dcmtk_env
-
-    port = free_port()
     out = tmp_path / "received"
-    out.mkdir()
-    storescp = subprocess.Popen(
-        ["storescp", "-aet", "STORESCP", "-od", str(out), "--accept-all", str(port)],
-        env=dcmtk_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with dcmtk_storescp(out) as port:
         node = dicom_node(**config_for(port))
         files = study_files()
         assert store(node.port, files) == [0] * 3
@@ -229,9 +217,6 @@ def test_movescu_to_storescp(dicom_node: DicomNodeFactory, tmp_path: Path) -> No
         received = sorted(out.iterdir())
         assert len(received) == 3
         assert sorted(dataset_part(p.read_bytes()) for p in received) == sorted(dataset_part(raw) for raw in files)
-    finally:
-        storescp.terminate()
-        storescp.wait(timeout=10)
 
 
 def test_asynchronous_move_submits_a_store_job(dicom_node: DicomNodeFactory) -> None:

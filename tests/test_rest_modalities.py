@@ -6,8 +6,6 @@ it with `/query` + `/retrieve` into dicomvault's own C-STORE SCP)."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from starlette.testclient import TestClient
 from dicomvault.network.scp import DicomServer
 from dicomvault.server import Server
 from tests.dicomgen import Spec, make_bytes, make_dataset
-from tests.dicomnet import dcmtk_env, needs_dcmtk
+from tests.dicomnet import needs_dcmtk, storescp
 from tests.orthanc import OrthancServer, delete_all_patients, missing_orthanc_reason, orthanc_available
 from tests.scu_peer import Peer
 from tests.servers import free_port
@@ -252,27 +250,12 @@ def test_store_exports_are_logged(make_server: Callable[..., Server], peer: Peer
 @needs_dcmtk
 def test_store_to_dcmtk_storescp(client: TestClient, tmp_path: Path) -> None:
     study = study_of(client, seed=8, count=3)
-    port = free_port()
     out = tmp_path / "received"
-    out.mkdir()
-    storescp = subprocess.Popen(
-        ["storescp", "-aet", "STORESCP", "-od", str(out), "+xa", str(port)],
-        env=dcmtk_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with storescp(out) as port:
         client.put("/modalities/dcmtk", json={"AET": "STORESCP", "Host": "127.0.0.1", "Port": port})
-        for _ in range(100):  # until storescp listens
-            if client.post("/modalities/dcmtk/echo").status_code == 200:
-                break
-            time.sleep(0.05)
         answer = client.post("/modalities/dcmtk/store", json=[study])
         assert answer.status_code == 200, answer.text
         assert answer.json()["FailedInstancesCount"] == 0
-    finally:
-        storescp.terminate()
-        storescp.wait(10)
     assert len(list(out.iterdir())) == 3
 
 
