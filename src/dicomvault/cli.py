@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from dicomvault import __version__
-from dicomvault.errors import DicomVaultError
+from dicomvault.errors import DicomVaultError, ErrorCode
 
 logger = logging.getLogger("dicomvault")
 
@@ -50,7 +50,7 @@ def serve(config_path: Path | None, upgrade: bool, verbose: bool, trace: bool) -
 
     _setup_logging(verbose, trace)
     if upgrade:
-        raise click.UsageError("--upgrade is not available in this version: the schema has a single version so far")
+        sys.exit(_run_upgrade(config_path, backup=True))
     try:
         config = load_config(config_path)
         server = build(config, config_label=str(config_path) if config_path else "CONFIG")
@@ -71,6 +71,45 @@ def serve(config_path: Path | None, upgrade: bool, verbose: bool, trace: bool) -
         pass
     finally:
         server.close()
+
+
+@main.command("upgrade")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--no-backup", is_flag=True, help="Do not keep a backup copy of the SQLite index before upgrading.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@click.option("--verbose", is_flag=True, help="Log at INFO level.")
+@click.option("--trace", is_flag=True, help="Log at DEBUG level.")
+def upgrade_command(config_path: Path, no_backup: bool, no_progress: bool, verbose: bool, trace: bool) -> None:
+    """Upgrade the index schema of CONFIG (or adopt the Orthanc index found in its IndexDirectory),
+    report, and exit. Safe to interrupt: run it again to resume."""
+    _setup_logging(verbose, trace)
+    sys.exit(_run_upgrade(config_path, backup=not no_backup, progress=not no_progress))
+
+
+def _run_upgrade(config_path: Path | None, backup: bool, progress: bool = True) -> int:
+    from dicomvault.config import load_config
+    from dicomvault.index.migrations import SchemaVersionError
+    from dicomvault.upgrade.driver import upgrade
+
+    label = str(config_path) if config_path else "CONFIG"
+    try:
+        config = load_config(config_path)
+        outcome = upgrade(config, config_label=label, backup=backup, progress=progress)
+    except SchemaVersionError as exc:
+        logger.error("refusing to upgrade: %s", exc.describe(label))
+        return EXIT_REFUSED
+    except DicomVaultError as exc:
+        if exc.code is ErrorCode.DATABASE_UNAVAILABLE:
+            logger.error("refusing to upgrade: %s", exc.details)
+            return EXIT_REFUSED
+        logger.error("the upgrade failed: %s", exc.details)
+        return EXIT_FAILURES
+    except KeyboardInterrupt:
+        logger.error("the upgrade was interrupted: run the same command again to resume it")
+        return EXIT_FAILURES
+    for line in outcome.render():
+        click.echo(line)
+    return EXIT_FAILURES if outcome.problems else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

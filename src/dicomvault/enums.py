@@ -134,6 +134,13 @@ class GlobalProperty(IntEnum):
     DATABASE_PATCH_LEVEL = 4
     # dicomvault's own properties (added in schema 1):
     DICOMVAULT_SCHEMA_VERSION = 1000
+    # Added in schema 2, present only while an upgrade re-reads the files (issue 6):
+    DICOMVAULT_UPGRADE_CURSOR = 1001  # the last instance (internal id) re-read and committed
+    DICOMVAULT_REREAD_FROM = 1002  # the first migration whose re-read step the pass applies
+    # Added in schema 2: where and when an Orthanc index was adopted (JSON), and when dicomvault
+    # first removed one of its files (from then on, going back to Orthanc loses data).
+    DICOMVAULT_ADOPTED_FROM_ORTHANC = 1003
+    DICOMVAULT_ORTHANC_ROLLBACK_ENDED = 1004
 
 
 class RequestOrigin(IntEnum):

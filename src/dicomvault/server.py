@@ -22,6 +22,7 @@ from dicomvault.config import Config
 from dicomvault.context import ServerContext
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.database import Index
+from dicomvault.index.migrations import SchemaVersionError
 from dicomvault.index.recycling import StorageLimits, enforce
 from dicomvault.index.sqlite import INDEX_FILENAME, SQLiteBackend
 from dicomvault.index.transactions import WriteTx
@@ -175,12 +176,17 @@ def build(
     accessor = StorageAccessor(area, policy)
     try:
         index = Index(SQLiteBackend(config.index_directory))
+    except SchemaVersionError as exc:
+        raise StartupRefused(exc.code, exc.describe(config_label or config.source)) from exc
     except DicomVaultError as exc:
         if exc.code in (ErrorCode.INCOMPATIBLE_DATABASE_VERSION, ErrorCode.DATABASE_UNAVAILABLE):
             raise StartupRefused(exc.code, exc.details) from exc
         raise
     settings = StorageSettings(
-        root=str(Path(config.storage_directory).resolve()), compression=policy, fsync=config.sync_storage_area
+        root=str(Path(config.storage_directory).resolve()),
+        compression=policy,
+        fsync=config.sync_storage_area,
+        default_encoding=str(config.default_encoding),
     )
     owns = workers is None
     pool = workers or WorkerPool()

@@ -74,6 +74,29 @@ MAIN_TAGS: dict[ResourceType, tuple[tuple[int, str], ...]] = {
     ResourceType.INSTANCE: INSTANCE_TAGS,
 }
 
+# Schema 2: tags of an instance's file, outside the main DICOM tags, that the index also keeps
+# (table InstanceTags) because finds often constrain them: with `StorageAccessOnFind` at "Always",
+# a find on these (and main tags) is answered from the index instead of reading one file per
+# candidate. Changing this list requires a migration that re-reads the files.
+INSTANCE_FIND_TAGS: tuple[tuple[int, str], ...] = (
+    (0x00080008, "ImageType"),
+    (0x00080016, "SOPClassUID"),
+    (0x00080022, "AcquisitionDate"),
+    (0x00080023, "ContentDate"),
+    (0x00080032, "AcquisitionTime"),
+    (0x00080033, "ContentTime"),
+    (0x00080064, "ConversionType"),
+    (0x00081050, "PerformingPhysicianName"),
+    (0x00081090, "ManufacturerModelName"),
+    (0x00101010, "PatientAge"),
+    (0x00101020, "PatientSize"),
+    (0x00101030, "PatientWeight"),
+    (0x00180050, "SliceThickness"),
+    (0x00185100, "PatientPosition"),
+    (0x00201041, "SliceLocation"),
+)
+INSTANCE_FIND_TAG_SET: frozenset[int] = frozenset(tag for tag, _ in INSTANCE_FIND_TAGS)
+
 TAG_NAMES: dict[int, str] = {tag: name for tags in MAIN_TAGS.values() for tag, name in tags}
 
 ALL_MAIN_TAGS: frozenset[int] = frozenset(TAG_NAMES)

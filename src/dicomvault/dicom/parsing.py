@@ -20,8 +20,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
-from dicomvault.dicom.main_tags import MAIN_TAGS
+from dicomvault.dicom.main_tags import INSTANCE_FIND_TAG_SET, MAIN_TAGS
 from dicomvault.dicom.structure import check_complete
+from dicomvault.dicom.tags_json import selected_strings
 from dicomvault.enums import ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 
@@ -55,6 +56,8 @@ class ParsedInstance:
     transfer_syntax: str
     sop_class_uid: str
     pixel_data_offset: int | None
+    # Schema 2: the INSTANCE_FIND_TAGS of the file, rendered as a find reading the file sees them.
+    find_tags: MainTags = ()
 
 
 def public_id(*parts: str) -> str:
@@ -75,8 +78,10 @@ def read_dataset(raw: bytes, stop_before_pixels: bool = True) -> Dataset:
         ) from exc
 
 
-def parse_instance(raw: bytes) -> ParsedInstance:
-    """Parse and validate one DICOM file; raise `BAD_FILE_FORMAT` (HTTP 400) when unusable."""
+def parse_instance(raw: bytes, default_encoding: str = "Latin1") -> ParsedInstance:
+    """Parse and validate one DICOM file; raise `BAD_FILE_FORMAT` (HTTP 400) when unusable.
+    `default_encoding` (Orthanc's `DefaultEncoding`) decodes the find tags of a file without
+    SpecificCharacterSet."""
     if not raw:
         raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
     stream = io.BytesIO(raw)
@@ -96,6 +101,7 @@ def parse_instance(raw: bytes) -> ParsedInstance:
         sop_uid = _string(ds, 0x00080018, encodings)
         sop_class = _string(ds, 0x00080016, encodings) or ""
         main_tags = {level: _extract(ds, tags, encodings) for level, tags in MAIN_TAGS.items()}
+        find_tags = selected_strings(ds, INSTANCE_FIND_TAG_SET, default_encoding)
     except DicomVaultError:
         raise
     except Exception as exc:  # pydicom raises a wide variety on garbage: all mean "bad file"
@@ -129,6 +135,7 @@ def parse_instance(raw: bytes) -> ParsedInstance:
         transfer_syntax=transfer_syntax,
         sop_class_uid=sop_class,
         pixel_data_offset=pixel_offset,
+        find_tags=find_tags,
     )
 
 

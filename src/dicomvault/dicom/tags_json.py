@@ -544,3 +544,26 @@ def header_to_json(file_meta: Dataset, form: TagsFormat) -> dict[str, Any]:
     limit, binary and unknown elements left out."""
     renderer = _Renderer(_decoder(b"ISO_IR 6"), form, None, header=True)
     return renderer.dataset(file_meta, top=True)
+
+
+def selected_strings(
+    ds: Dataset, tags: frozenset[int], default_encoding: str = "Latin1"
+) -> tuple[tuple[int, str], ...]:
+    """The top-level elements among `tags` that `/tags` renders as strings, with those strings:
+    exactly what a find that reads the file matches (`find/finder.py: file_strings`), computed
+    without rendering the whole data set."""
+    charset = ds.get_item(SPECIFIC_CHARACTER_SET) if SPECIFIC_CHARACTER_SET in ds else None
+    raw = None if charset is None else raw_value(ds, charset, "CS")
+    renderer = _Renderer(_decoder(raw, default_encoding), TagsFormat.FULL, MAX_STRING_LENGTH, header=False)
+    out: list[tuple[int, str]] = []
+    for tag in sorted(tags):
+        if tag not in ds:
+            continue
+        elem = ds.get_item(tag)
+        vr = element_vr(ds, elem)
+        if sequence_items(ds, elem, vr) is not None:
+            continue
+        kind, value = renderer.value(ds, elem, vr)
+        if kind == "String" and isinstance(value, str):
+            out.append((tag, value))
+    return tuple(out)

@@ -20,12 +20,13 @@ their StudyInstanceUID, and Orthanc 1.10.1 then keeps indexes `Since <= i < Limi
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from dicomvault.config import Config
-from dicomvault.dicom.main_tags import ALL_MAIN_TAGS, MAIN_TAGS, PATIENT_TAGS
+from dicomvault.dicom.main_tags import ALL_MAIN_TAGS, INSTANCE_FIND_TAG_SET, MAIN_TAGS, PATIENT_TAGS
 from dicomvault.dicom.parsing import read_dataset
 from dicomvault.dicom.tags_json import TagsFormat, dataset_to_json
 from dicomvault.enums import FileContentType, ResourceType
@@ -49,6 +50,8 @@ MODALITY = 0x00080060
 STUDY_INSTANCE_UID = 0x0020000D
 
 ReadFile = Callable[[FileInfo], bytes]
+# The tags of the file of each candidate's "one instance", for a page of candidates.
+FileTagsSource = Callable[[ReadTx, list[Candidate]], Callable[[Candidate], Mapping[int, str]]]
 
 _COMPARISONS = {
     ConstraintType.EQUAL: Comparison.EQUAL,
@@ -161,6 +164,14 @@ def _apply(
     chain: Sequence[ResourceType] = (),
 ) -> list[Candidate]:
     read_files = not lookup.tags() <= ALL_MAIN_TAGS and settings.storage_access_on_find == "Always"
+    source: FileTagsSource | None = None
+    if read_files:
+        # Schema 2: the file values of the find tags are in the index; open files only for others.
+        wanted = lookup.tags()
+        if wanted <= ALL_MAIN_TAGS | INSTANCE_FIND_TAG_SET:
+            source = functools.partial(_indexed_tags, tags=wanted)
+        else:
+            source = functools.partial(_file_tags, settings=settings, read_file=read_file)
     sources = {c.tag: _sources(c.tag, level) for c in lookup.constraints}
     if not read_files and any(c.mandatory and not sources[c.tag] for c in lookup.constraints):
         logger.debug("find at level %s: %s cannot match main DICOM tags", level.label, lookup.describe())
@@ -172,7 +183,7 @@ def _apply(
         values = {tag: found for tag, found in sources.items() if found}
     pages = iter_candidates(tx, level, constraints, settings.database_limit(level), chain, values)
     try:
-        matched = _select(tx, lookup, pages, since, limit, sorted(values), settings, read_file if read_files else None)
+        matched = _select(tx, lookup, pages, since, limit, sorted(values), source)
     finally:
         pages.close()
     logger.debug("find at level %s: %s -> %d resources", level.label, lookup.describe(), len(matched))
@@ -186,16 +197,15 @@ def _select(
     since: int,
     limit: int,
     tags: list[int],
-    settings: FindSettings,
-    read_file: ReadFile | None,
+    source: FileTagsSource | None,
 ) -> list[Candidate]:
-    """The candidates the lookup accepts, `since` skipped, at most `limit` (0: all). Without
-    `read_file`, candidates are matched on their stored `values` (of `tags`)."""
+    """The candidates the lookup accepts, `since` skipped, at most `limit` (0: all). Without a
+    `source` of file tags, candidates are matched on their stored `values` (of `tags`)."""
     matched: list[Candidate] = []
     skipped = 0
     verdicts: dict[tuple[str | None, ...], bool] = {}  # stored values -> match (values repeat a lot)
     for page in pages:
-        files = _file_tags(tx, page, settings, read_file) if read_file is not None else None
+        files = source(tx, page) if source is not None else None
         for candidate in page:
             if files is not None:
                 accepted = lookup.matches(files(candidate))
@@ -216,6 +226,39 @@ def _select(
             else:
                 matched.append(candidate)
     return matched
+
+
+def _indexed_tags(tx: ReadTx, page: list[Candidate], tags: frozenset[int]) -> Callable[[Candidate], Mapping[int, str]]:
+    """What reading the file of each candidate's "one instance" would give for `tags`, from the
+    index: the instance's find tags (InstanceTags) and main tags first, then its series', then its
+    study's (which hold the patient's copy), as the file has one value per tag."""
+    samples = [c.chain[ResourceType.INSTANCE] for c in page if ResourceType.INSTANCE in c.chain]
+    found: dict[int, dict[int, tuple[int, str]]] = {sample: {} for sample in samples}
+    for start in range(0, len(samples), 500):
+        chunk = samples[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = tx.fetch_all(
+            "SELECT i.internalId, CASE t.id WHEN i.internalId THEN 0 WHEN s.internalId THEN 1 ELSE 2 END, "
+            "t.tagGroup, t.tagElement, t.value FROM Resources i JOIN Resources s ON s.internalId = i.parentId "
+            f"JOIN MainDicomTags t ON t.id IN (i.internalId, s.internalId, s.parentId) WHERE i.internalId IN ({marks}) "
+            f"UNION ALL SELECT id, 0, tagGroup, tagElement, value FROM InstanceTags WHERE id IN ({marks})",
+            [*chunk, *chunk],
+        )
+        for sample, rank, group, element, value in rows:
+            tag = int(group) << 16 | int(element)
+            if tag not in tags:
+                continue
+            values = found[int(sample)]
+            previous = values.get(tag)
+            if previous is None or rank < previous[0]:
+                values[tag] = (int(rank), str(value))
+
+    def tags_of(candidate: Candidate) -> Mapping[int, str]:
+        sample = candidate.chain.get(ResourceType.INSTANCE)
+        values = found.get(sample, {}) if sample is not None else {}
+        return {tag: value for tag, (_rank, value) in values.items()}
+
+    return tags_of
 
 
 def _file_tags(

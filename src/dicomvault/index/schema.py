@@ -1,19 +1,26 @@
-"""The index schema: DDL per backend and the schema version this code serves.
+"""The index schema: the DDL of every released schema version, per backend, and the version this
+code serves.
 
 The SQL of every operation is written once (`transactions.py`); only this DDL differs between
-backends. `SCHEMA_VERSION` is stored in the global property `DICOMVAULT_SCHEMA_VERSION`; additive
-changes that older code tolerates bump `SCHEMA_PATCH_LEVEL` only.
+backends. The version is stored in the global property `DICOMVAULT_SCHEMA_VERSION`; additive
+changes that older code tolerates bump `SCHEMA_PATCH_LEVEL` only. A released DDL is never edited:
+version N is `SCHEMA_1_DDL` followed by the DDL of the migrations 2..N (`index/migrations.py`), so
+a new index and an upgraded one are built by the same statements.
+
+While a migration that re-reads the DICOM files runs, the version property holds
+`upgrading_marker(N)`: a value that no version of dicomvault, older ones included, serves.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_PATCH_LEVEL = 0
 # The value Orthanc 1.10.1 reports as `DatabaseVersion` in /system (its schema 6): clients use it to
 # detect features, and our schema offers what Orthanc's 6 offers.
 ORTHANC_DATABASE_VERSION = 6
 
-SQLITE_DDL = """
+# Schema 1 (dicomvault 0.1.0). Frozen: never edit.
+SCHEMA_1_DDL = """
 CREATE TABLE GlobalProperties(
     property INTEGER PRIMARY KEY,
     value TEXT NOT NULL
@@ -126,3 +133,42 @@ CREATE INDEX MainDicomTagsValues ON MainDicomTags(tagGroup, tagElement, value CO
 -- Candidates of a find come in public id order within a level.
 CREATE INDEX ResourceTypePublicIndex ON Resources(resourceType, publicId);
 """
+
+# Schema 2: the tags of each instance's file that finds often constrain (`dicom/main_tags.py`,
+# INSTANCE_FIND_TAGS), so that /tools/find and C-FIND answer them from the index instead of opening
+# one file per candidate. Schema 1 code would store instances without these rows (and finds would
+# then miss them): the version is bumped to keep it out, and the upgrade re-reads every file.
+SCHEMA_2_DDL = """
+CREATE TABLE InstanceTags(
+    id INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
+    tagGroup INTEGER NOT NULL,
+    tagElement INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY(id, tagGroup, tagElement)
+);
+-- Orthanc 1.12's labels of a resource; kept when an Orthanc index that has them is adopted.
+CREATE TABLE Labels(
+    id INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
+    label TEXT NOT NULL,
+    PRIMARY KEY(id, label)
+);
+CREATE INDEX LabelsIndex ON Labels(label);
+"""
+
+_UPGRADING_PREFIX = "upgrading-to-"
+
+
+def upgrading_marker(target: int) -> str:
+    """The version property's value while the migration to `target` re-reads the files. Version
+    checks compare for equality with a number, so every version refuses to serve it."""
+    return f"{_UPGRADING_PREFIX}{target}"
+
+
+def parse_version(value: str | None) -> tuple[int | None, int | None]:
+    """(version, upgrading_to) of a version property's value; (None, None) if it is neither."""
+    if value is None:
+        return None, None
+    if value.startswith(_UPGRADING_PREFIX):
+        target = value[len(_UPGRADING_PREFIX) :]
+        return (None, int(target)) if target.isdigit() else (None, None)
+    return (int(value), None) if value.isdigit() else (None, None)

@@ -17,7 +17,8 @@ from typing import IO
 
 from dicomvault.enums import GlobalProperty
 from dicomvault.errors import DicomVaultError, ErrorCode
-from dicomvault.index.schema import SCHEMA_PATCH_LEVEL, SCHEMA_VERSION, SQLITE_DDL
+from dicomvault.index.migrations import SchemaVersionError, create_schema
+from dicomvault.index.schema import SCHEMA_VERSION, parse_version
 from dicomvault.index.transactions import ReadTx, WriteTx
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,47 @@ def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA cache_size = -32000")
     return conn
+
+
+def lock_index(path: Path) -> IO[bytes]:
+    """Take the exclusive lock of the index `path` (its `.lock` file), held until `unlock_index`:
+    one process at a time serves or upgrades an index."""
+    lock_path = path.with_name(path.name + LOCK_SUFFIX)
+    try:
+        handle = open(lock_path, "a+b")  # noqa: SIM115 - held for the backend's lifetime
+    except OSError as exc:
+        raise DicomVaultError(
+            ErrorCode.CANNOT_WRITE_FILE, f"cannot create the lock file {lock_path}: {exc.strerror}"
+        ) from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise DicomVaultError(
+            ErrorCode.DATABASE_UNAVAILABLE,
+            f"the index {path} is in use by another dicomvault process (lock {lock_path}); "
+            "stop that process or point IndexDirectory elsewhere",
+        ) from exc
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n".encode())
+    handle.flush()
+    return handle
+
+
+def unlock_index(handle: IO[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    handle.close()
+
+
+def not_a_database(path: Path, exc: sqlite3.DatabaseError) -> DicomVaultError:
+    """SQLite's "file is not a database" / "disk image is malformed", said for an operator."""
+    return DicomVaultError(
+        ErrorCode.SQLITE_CANNOT_OPEN,
+        f"{path} cannot be read as an SQLite database ({exc}): the file is corrupted or truncated. Restore it from "
+        "a backup (the upgrade keeps one beside it, named dicomvault.db.backup-*), or move it away",
+    )
 
 
 class _Reader:
@@ -99,7 +141,7 @@ class SQLiteBackend:
             raise DicomVaultError(
                 ErrorCode.MAKE_DIRECTORY, f"cannot create the index folder {directory}: {exc}"
             ) from exc
-        self._lock = self._acquire_lock()
+        self._lock = lock_index(self.path)
         try:
             exists = self.path.exists()
             if not exists and not create:
@@ -114,63 +156,38 @@ class SQLiteBackend:
                         mode,
                     )
                 self._prepare(conn, fresh=not exists)
+            except sqlite3.OperationalError as exc:
+                raise DicomVaultError(
+                    ErrorCode.SQLITE_CANNOT_OPEN,
+                    f"cannot use the SQLite index {self.path}: {exc} (check the permissions of {directory} "
+                    "and the free disk space)",
+                ) from exc
+            except sqlite3.DatabaseError as exc:
+                raise not_a_database(self.path, exc) from exc
             finally:
                 conn.close()
         except BaseException:
-            self._release_lock()
+            unlock_index(self._lock)
             raise
-
-    def _acquire_lock(self) -> IO[bytes]:
-        lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
-        handle = open(lock_path, "a+b")  # noqa: SIM115 - held for the backend's lifetime
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            handle.close()
-            raise DicomVaultError(
-                ErrorCode.DATABASE_UNAVAILABLE,
-                f"the index {self.path} is in use by another dicomvault process (lock {lock_path}); "
-                "stop that process or point IndexDirectory elsewhere",
-            ) from exc
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n".encode())
-        handle.flush()
-        return handle
-
-    def _release_lock(self) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
-        self._lock.close()
 
     def _prepare(self, conn: sqlite3.Connection, fresh: bool) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if fresh or not tables:
             logger.info("creating a new index (schema %d) at %s", SCHEMA_VERSION, self.path)
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _split_sql(SQLITE_DDL):
-                conn.execute(statement)
-            tx = WriteTx(conn)
-            tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, str(SCHEMA_VERSION))
-            tx.set_global_property(GlobalProperty.DATABASE_PATCH_LEVEL, str(SCHEMA_PATCH_LEVEL))
-            conn.execute("COMMIT")
+            create_schema(conn)
             return
-        if "GlobalProperties" not in tables:
+        version = None
+        if "GlobalProperties" in tables:
+            version = ReadTx(conn).global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION)
+        found, upgrading_to = parse_version(version)
+        if found is None and upgrading_to is None:
             raise DicomVaultError(
                 ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
-                f"{self.path} is an SQLite file but not a dicomvault index",
+                f"{self.path} is an SQLite file but not a dicomvault index: "
+                "move it away or point IndexDirectory elsewhere",
             )
-        version = ReadTx(conn).global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION)
-        if version is None:
-            raise DicomVaultError(
-                ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
-                f"{self.path} is an SQLite file but not a dicomvault index",
-            )
-        if version != str(SCHEMA_VERSION):
-            raise DicomVaultError(
-                ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
-                f"the index {self.path} has schema version {version}, this dicomvault needs version {SCHEMA_VERSION}",
-            )
+        if found != SCHEMA_VERSION:
+            raise SchemaVersionError(str(self.path), found, upgrading_to)
 
     def open_reader(self) -> _Reader:
         return _Reader(self.path)
@@ -179,21 +196,4 @@ class SQLiteBackend:
         return _Writer(self.path)
 
     def close(self) -> None:
-        self._release_lock()
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a DDL script; trigger bodies (with inner `;`) stay whole."""
-    statements: list[str] = []
-    current: list[str] = []
-    for line in script.splitlines():
-        if line.strip().startswith("--") or not line.strip():
-            continue
-        current.append(line)
-        text = "\n".join(current)
-        if sqlite3.complete_statement(text):
-            statements.append(text.strip().rstrip(";"))
-            current = []
-    if current:
-        raise ValueError(f"incomplete SQL statement in the schema: {current[0]!r}")
-    return statements
+        unlock_index(self._lock)

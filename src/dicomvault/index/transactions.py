@@ -68,7 +68,7 @@ def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _file_info(row: Sequence[Any]) -> FileInfo:
+def file_info_from_row(row: Sequence[Any]) -> FileInfo:
     file_type, uuid, csize, usize, ctype, umd5, cmd5 = row
     try:
         content: FileContentType | int = FileContentType(file_type)
@@ -210,7 +210,7 @@ class ReadTx:
             f"SELECT {_FILE_COLUMNS} FROM AttachedFiles WHERE id = ? AND fileType = ?",
             (internal_id, int(content_type)),
         )
-        return None if row is None else _file_info(row)
+        return None if row is None else file_info_from_row(row)
 
     def attachments(self, internal_ids: Sequence[int], content_type: int | None = None) -> dict[int, list[FileInfo]]:
         out: dict[int, list[FileInfo]] = {i: [] for i in internal_ids}
@@ -223,7 +223,7 @@ class ReadTx:
                 f"SELECT id, {_FILE_COLUMNS} FROM AttachedFiles WHERE id IN ({_placeholders(len(chunk))}){type_filter}",
                 params,
             ):
-                out[int(row[0])].append(_file_info(row[1:]))
+                out[int(row[0])].append(file_info_from_row(row[1:]))
         return out
 
     def all_attachment_uuids(self) -> set[str]:
@@ -280,6 +280,13 @@ class WriteTx(ReadTx):
         self._cur.execute(
             "INSERT INTO Changes(changeType, internalId, resourceType, date) VALUES (?, ?, ?, ?)",
             (int(change), ref.internal_id, int(ref.level), date),
+        )
+
+    def add_instance_tags(self, internal_id: int, tags: Sequence[tuple[int, str]]) -> None:
+        """Schema 2: the find tags of an instance's file (table InstanceTags)."""
+        self._cur.executemany(
+            "INSERT INTO InstanceTags(id, tagGroup, tagElement, value) VALUES (?, ?, ?, ?)",
+            [(internal_id, tag >> 16, tag & 0xFFFF, value) for tag, value in tags],
         )
 
     def add_attachment(self, internal_id: int, info: FileInfo, revision: int = 0) -> None:
@@ -342,6 +349,7 @@ class WriteTx(ReadTx):
         for ref in reversed(created):
             self.log_change(_NEW_CHANGE[ref.level], ref, now)
         instance = refs[ResourceType.INSTANCE]
+        self.add_instance_tags(instance.internal_id, parsed.find_tags)
         self.add_attachment(instance.internal_id, attachment)
         for level in (ResourceType.PATIENT, ResourceType.STUDY, ResourceType.SERIES):
             self.set_metadata(refs[level].internal_id, MetadataType.LAST_UPDATE, now)

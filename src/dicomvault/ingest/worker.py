@@ -23,6 +23,7 @@ class StorageSettings:
     root: str
     compression: CompressionPolicy
     fsync: bool = True
+    default_encoding: str = "Latin1"  # Orthanc's DefaultEncoding, for the find tags
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,6 @@ def _accessor(settings: StorageSettings) -> StorageAccessor:
 
 def prepare_instance(raw: bytes, settings: StorageSettings) -> Prepared:
     """Parse and validate `raw`, then write it to the storage area; nothing touches the index."""
-    parsed = parse_instance(raw)
+    parsed = parse_instance(raw, settings.default_encoding)
     info = _accessor(settings).write(raw, FileContentType.DICOM)
     return Prepared(parsed, info)

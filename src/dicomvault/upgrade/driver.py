@@ -1,0 +1,311 @@
+"""`dicomvault upgrade CONFIG` (and `serve --upgrade`): bring an index to the schema this code
+serves, on the operator's request, then exit.
+
+Order of work, each step safe to interrupt:
+
+1. Take the index lock (no server may run meanwhile). An Orthanc `index` without our
+   `dicomvault.db` is adopted first (`adoption.py`: a new index written beside it, atomically;
+   Orthanc's file is only read).
+2. Refuse a schema newer than ours; say "no upgrade needed" for ours.
+3. Keep a consistent backup copy of the index beside it (`VACUUM INTO`), unless `--no-backup`.
+4. Run the migrations in order: a plain one in one transaction with its version bump; a
+   re-reading one behind the "upgrading to N" marker, in resumable batches (`reread.py`). An index
+   found at the marker (an interrupted run) resumes there, without a new backup.
+5. Read the version back from a fresh connection to confirm, and report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from dicomvault.config import Config
+from dicomvault.enums import GlobalProperty
+from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.index.migrations import MIGRATIONS, SchemaVersionError, split_sql
+from dicomvault.index.schema import SCHEMA_VERSION, parse_version, upgrading_marker
+from dicomvault.index.sqlite import INDEX_FILENAME, lock_index, not_a_database, unlock_index
+from dicomvault.index.transactions import ReadTx, WriteTx
+from dicomvault.upgrade.reread import RereadReport, reread_pass
+
+logger = logging.getLogger(__name__)
+
+ORTHANC_INDEX_FILENAME = "index"
+BACKUP_INFIX = ".backup-schema"
+
+
+@dataclass(frozen=True)
+class UpgradeOutcome:
+    index: Path
+    found: int | None  # the schema version found (None: adopted from Orthanc, or resumed)
+    resumed_to: int | None  # an interrupted upgrade to this version was resumed
+    version: int  # the version read back after the upgrade
+    backup: Path | None
+    adoption: object | None = None  # adoption.AdoptionReport
+    reread: RereadReport | None = None
+    verification: object | None = None  # verify.VerificationReport
+
+    @property
+    def upgraded(self) -> bool:
+        return self.found != self.version
+
+    @property
+    def problems(self) -> bool:
+        if self.reread is not None and self.reread.problems:
+            return True
+        return self.verification is not None and not bool(getattr(self.verification, "ok", True))
+
+    def render(self) -> list[str]:
+        lines: list[str] = []
+        if self.adoption is not None:
+            lines.extend(self.adoption.render())  # type: ignore[attr-defined]
+        if not self.upgraded:
+            lines.append(f"{self.index}: schema version {self.version}, no upgrade needed")
+            return lines
+        origin = (
+            f"schema {self.found}"
+            if self.found is not None
+            else f"an interrupted upgrade to schema {self.resumed_to}"
+            if self.resumed_to is not None and self.adoption is None
+            else "an Orthanc index"
+        )
+        lines.append(f"{self.index}: upgraded from {origin} to schema {self.version}")
+        if self.backup is not None:
+            lines.append(f"backup copy of the index before the upgrade: {self.backup}")
+        if self.reread is not None:
+            r = self.reread
+            lines.append(
+                f"re-read {r.instances - r.resumed_from} DICOM files in {r.elapsed_s:.1f} s "
+                f"({r.rate:.0f} instances/s), {len(r.problems)} problems"
+            )
+            lines.extend(f"  {p.problem} (instance {p.public_id}, attachment {p.uuid})" for p in r.problems)
+        if self.verification is not None:
+            lines.extend(self.verification.render())  # type: ignore[attr-defined]
+        return lines
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def _version(conn: sqlite3.Connection, path: Path) -> tuple[int | None, int | None]:
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        value = None
+        if "GlobalProperties" in tables:
+            value = ReadTx(conn).global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION)
+    except sqlite3.OperationalError as exc:
+        raise DicomVaultError(ErrorCode.SQLITE_CANNOT_OPEN, f"cannot read the index {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        raise not_a_database(path, exc) from exc
+    found, upgrading_to = parse_version(value)
+    if found is None and upgrading_to is None:
+        raise DicomVaultError(
+            ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
+            f"{path} is not a dicomvault index: nothing to upgrade (move it away or point IndexDirectory elsewhere)",
+        )
+    return found, upgrading_to
+
+
+def backup_index(conn: sqlite3.Connection, path: Path, version: int) -> Path:
+    """A consistent copy of the index beside it (SQLite's `VACUUM INTO`); a failed copy is removed
+    and stops the upgrade before anything was changed."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}{BACKUP_INFIX}{version}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{BACKUP_INFIX}{version}-{stamp}-{n}")
+    logger.warning("keeping a backup copy of the index: %s", target)
+    try:
+        conn.execute("VACUUM INTO ?", (str(target),))
+    except sqlite3.Error as exc:
+        with contextlib.suppress(OSError):
+            target.unlink()
+        raise DicomVaultError(
+            ErrorCode.CANNOT_WRITE_FILE,
+            f"cannot write the backup copy {target} ({exc}); nothing was changed. Free disk space or make the "
+            "folder writable, or run the upgrade with --no-backup after copying the index yourself",
+        ) from exc
+    return target
+
+
+def upgrade(
+    config: Config,
+    config_label: str = "CONFIG",
+    backup: bool = True,
+    progress: bool = True,
+    workers: int | None = None,
+) -> UpgradeOutcome:
+    """Upgrade (or adopt) the index of `config`; raise `SchemaVersionError` for a newer schema and
+    `DicomVaultError` for anything that stops the upgrade (the index then stays as it was, or at a
+    resumable point)."""
+    directory = config.index_directory
+    if not directory.is_dir():
+        raise DicomVaultError(
+            ErrorCode.INEXISTENT_FILE,
+            f"the IndexDirectory {directory} does not exist: check {config_label}",
+        )
+    storage = config.storage_directory
+    if not storage.is_dir():
+        raise DicomVaultError(
+            ErrorCode.INEXISTENT_FILE,
+            f"the StorageDirectory {storage} does not exist: check {config_label}",
+        )
+    path = directory / INDEX_FILENAME
+    lock = lock_index(path)
+    try:
+        return _upgrade_locked(config, config_label, path, backup, progress, workers)
+    finally:
+        unlock_index(lock)
+
+
+def _upgrade_locked(
+    config: Config, config_label: str, path: Path, backup: bool, progress: bool, workers: int | None
+) -> UpgradeOutcome:
+    adoption = None
+    orthanc = path.with_name(ORTHANC_INDEX_FILENAME)
+    if not path.exists():
+        if not orthanc.is_file():
+            raise DicomVaultError(
+                ErrorCode.INEXISTENT_FILE,
+                f"nothing to upgrade: neither a dicomvault index ({path}) nor an Orthanc index ({orthanc}); "
+                f"check IndexDirectory in {config_label}",
+            )
+        from dicomvault.upgrade.adoption import adopt_orthanc
+
+        logger.warning("adopting the Orthanc index %s (read only; the new index is %s)", orthanc, path)
+        adoption = adopt_orthanc(orthanc, path)
+    conn = _connect(path)
+    try:
+        found, upgrading_to = _version(conn, path)
+        if max(found or 0, upgrading_to or 0) > SCHEMA_VERSION:
+            raise SchemaVersionError(str(path), found, upgrading_to)
+        if found == SCHEMA_VERSION:
+            logger.warning("the index %s has schema version %d: no upgrade needed", path, found)
+            return UpgradeOutcome(path, found, None, found, None)
+        saved = backup_index(conn, path, found) if backup and found is not None else None
+        if not backup and found is not None:
+            logger.warning("upgrading %s without a backup copy (--no-backup)", path)
+        reread = _migrate(conn, config, path, found, upgrading_to, progress, workers)
+    except sqlite3.OperationalError as exc:
+        raise DicomVaultError(
+            ErrorCode.SQLITE_CANNOT_OPEN,
+            f"the upgrade of {path} stopped: {exc}. The index is at a resumable point: fix the cause (disk space, "
+            f"permissions) and run `dicomvault upgrade {config_label}` again",
+        ) from exc
+    except sqlite3.DatabaseError as exc:
+        raise not_a_database(path, exc) from exc
+    finally:
+        conn.close()
+    confirm = _connect(path)
+    try:
+        version, _ = _version(confirm, path)
+    finally:
+        confirm.close()
+    if version != SCHEMA_VERSION:  # pragma: no cover - would be a bug of _migrate
+        raise DicomVaultError(ErrorCode.INTERNAL_ERROR, f"the upgrade of {path} ended at schema {version}")
+    verification = None
+    if adoption is not None:
+        verification = _verify(config, path)
+    outcome = UpgradeOutcome(path, found, upgrading_to, version, saved, adoption, reread, verification)
+    logger.warning(
+        "the index %s is now at schema version %d%s",
+        path,
+        version,
+        " (with problems: see the report)" if outcome.problems else "",
+    )
+    return outcome
+
+
+def _verify(config: Config, path: Path) -> object:
+    from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
+    from dicomvault.storage.area import FilesystemStorageArea
+    from dicomvault.upgrade.verify import verify_storage
+
+    accessor = StorageAccessor(FilesystemStorageArea(config.storage_directory, fsync=False), CompressionPolicy())
+    return verify_storage(path, accessor)
+
+
+def _migrate(
+    conn: sqlite3.Connection,
+    config: Config,
+    path: Path,
+    found: int | None,
+    upgrading_to: int | None,
+    progress: bool,
+    workers: int | None,
+) -> RereadReport | None:
+    tx = WriteTx(conn)
+    reread: RereadReport | None = None
+    current = found
+    if upgrading_to is not None:  # an interrupted re-read (or an adoption): finish it first
+        start = int(tx.global_property(GlobalProperty.DICOMVAULT_REREAD_FROM) or upgrading_to)
+        reread = _reread(conn, config, start, upgrading_to, progress, workers)
+        current = upgrading_to
+    assert current is not None
+    for migration in MIGRATIONS:
+        if migration.target <= current:
+            continue
+        started = time.monotonic()
+        logger.warning("migrating %s from schema %d to %d: %s", path, current, migration.target, migration.description)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in split_sql(migration.ddl):
+                conn.execute(statement)
+            if migration.reread is None:
+                tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, str(migration.target))
+            else:
+                tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, upgrading_marker(migration.target))
+                tx.set_global_property(GlobalProperty.DICOMVAULT_UPGRADE_CURSOR, "0")
+                tx.set_global_property(GlobalProperty.DICOMVAULT_REREAD_FROM, str(migration.target))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if migration.reread is not None:
+            reread = _reread(conn, config, migration.target, migration.target, progress, workers)
+        logger.info("schema %d reached in %.1f s", migration.target, time.monotonic() - started)
+        current = migration.target
+    return reread
+
+
+def _reread(
+    conn: sqlite3.Connection, config: Config, start: int, target: int, progress: bool, workers: int | None
+) -> RereadReport:
+    """The re-read pass for migrations start..target, then the version bump that ends it."""
+    migrations = [m for m in MIGRATIONS if start <= m.target <= target]
+    report = reread_pass(
+        conn, config.storage_directory, migrations, str(config.default_encoding), workers=workers, progress=progress
+    )
+    tx = WriteTx(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, str(target))
+        tx.execute(
+            "DELETE FROM GlobalProperties WHERE property IN (?, ?)",
+            (int(GlobalProperty.DICOMVAULT_UPGRADE_CURSOR), int(GlobalProperty.DICOMVAULT_REREAD_FROM)),
+        )
+        tx.execute("DROP TABLE IF EXISTS UpgradeProblems")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return report
+
+
+def adoption_record(conn: sqlite3.Connection) -> dict[str, object] | None:
+    """What `adopt_orthanc` recorded (the Orthanc index adopted, when), or None."""
+    value = ReadTx(conn).global_property(GlobalProperty.DICOMVAULT_ADOPTED_FROM_ORTHANC)
+    return None if value is None else dict(json.loads(value))
