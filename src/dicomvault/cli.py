@@ -77,16 +77,25 @@ def serve(config_path: Path | None, upgrade: bool, verbose: bool, trace: bool) -
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
 @click.option("--no-backup", is_flag=True, help="Do not keep a backup copy of the SQLite index before upgrading.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=512,
+    show_default=True,
+    help="Instances re-read per committed transaction (an interrupted upgrade resumes after the last one).",
+)
 @click.option("--verbose", is_flag=True, help="Log at INFO level.")
 @click.option("--trace", is_flag=True, help="Log at DEBUG level.")
-def upgrade_command(config_path: Path, no_backup: bool, no_progress: bool, verbose: bool, trace: bool) -> None:
+def upgrade_command(
+    config_path: Path, no_backup: bool, no_progress: bool, batch_size: int, verbose: bool, trace: bool
+) -> None:
     """Upgrade the index schema of CONFIG (or adopt the Orthanc index found in its IndexDirectory),
     report, and exit. Safe to interrupt: run it again to resume."""
     _setup_logging(verbose, trace)
-    sys.exit(_run_upgrade(config_path, backup=not no_backup, progress=not no_progress))
+    sys.exit(_run_upgrade(config_path, backup=not no_backup, progress=not no_progress, batch_size=batch_size))
 
 
-def _run_upgrade(config_path: Path | None, backup: bool, progress: bool = True) -> int:
+def _run_upgrade(config_path: Path | None, backup: bool, progress: bool = True, batch_size: int = 512) -> int:
     from dicomvault.config import load_config
     from dicomvault.index.migrations import SchemaVersionError
     from dicomvault.upgrade.driver import upgrade
@@ -94,7 +103,7 @@ def _run_upgrade(config_path: Path | None, backup: bool, progress: bool = True) 
     label = str(config_path) if config_path else "CONFIG"
     try:
         config = load_config(config_path)
-        outcome = upgrade(config, config_label=label, backup=backup, progress=progress)
+        outcome = upgrade(config, config_label=label, backup=backup, progress=progress, batch_size=batch_size)
     except SchemaVersionError as exc:
         logger.error("refusing to upgrade: %s", exc.describe(label))
         return EXIT_REFUSED

@@ -32,7 +32,7 @@ from dicomvault.index.migrations import MIGRATIONS, SchemaVersionError, split_sq
 from dicomvault.index.schema import SCHEMA_VERSION, parse_version, upgrading_marker
 from dicomvault.index.sqlite import INDEX_FILENAME, lock_index, not_a_database, unlock_index
 from dicomvault.index.transactions import ReadTx, WriteTx
-from dicomvault.upgrade.reread import RereadReport, reread_pass
+from dicomvault.upgrade.reread import BATCH, RereadReport, reread_pass
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,19 @@ class UpgradeOutcome:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = FULL")
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise DicomVaultError(ErrorCode.SQLITE_CANNOT_OPEN, f"cannot open the index {path}: {exc}") from exc
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        raise DicomVaultError(ErrorCode.SQLITE_CANNOT_OPEN, f"cannot open the index {path}: {exc}") from exc
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise not_a_database(path, exc) from exc
     return conn
 
 
@@ -145,6 +155,7 @@ def upgrade(
     backup: bool = True,
     progress: bool = True,
     workers: int | None = None,
+    batch_size: int = BATCH,
 ) -> UpgradeOutcome:
     """Upgrade (or adopt) the index of `config`; raise `SchemaVersionError` for a newer schema and
     `DicomVaultError` for anything that stops the upgrade (the index then stays as it was, or at a
@@ -164,13 +175,13 @@ def upgrade(
     path = directory / INDEX_FILENAME
     lock = lock_index(path)
     try:
-        return _upgrade_locked(config, config_label, path, backup, progress, workers)
+        return _upgrade_locked(config, config_label, path, backup, progress, workers, batch_size)
     finally:
         unlock_index(lock)
 
 
 def _upgrade_locked(
-    config: Config, config_label: str, path: Path, backup: bool, progress: bool, workers: int | None
+    config: Config, config_label: str, path: Path, backup: bool, progress: bool, workers: int | None, batch_size: int
 ) -> UpgradeOutcome:
     adoption = None
     orthanc = path.with_name(ORTHANC_INDEX_FILENAME)
@@ -196,7 +207,7 @@ def _upgrade_locked(
         saved = backup_index(conn, path, found) if backup and found is not None else None
         if not backup and found is not None:
             logger.warning("upgrading %s without a backup copy (--no-backup)", path)
-        reread = _migrate(conn, config, path, found, upgrading_to, progress, workers)
+        reread = _migrate(conn, config, path, found, upgrading_to, progress, workers, batch_size)
     except sqlite3.OperationalError as exc:
         raise DicomVaultError(
             ErrorCode.SQLITE_CANNOT_OPEN,
@@ -244,13 +255,14 @@ def _migrate(
     upgrading_to: int | None,
     progress: bool,
     workers: int | None,
+    batch_size: int,
 ) -> RereadReport | None:
     tx = WriteTx(conn)
     reread: RereadReport | None = None
     current = found
     if upgrading_to is not None:  # an interrupted re-read (or an adoption): finish it first
         start = int(tx.global_property(GlobalProperty.DICOMVAULT_REREAD_FROM) or upgrading_to)
-        reread = _reread(conn, config, start, upgrading_to, progress, workers)
+        reread = _reread(conn, config, start, upgrading_to, progress, workers, batch_size)
         current = upgrading_to
     assert current is not None
     for migration in MIGRATIONS:
@@ -274,19 +286,31 @@ def _migrate(
                 conn.execute("ROLLBACK")
             raise
         if migration.reread is not None:
-            reread = _reread(conn, config, migration.target, migration.target, progress, workers)
+            reread = _reread(conn, config, migration.target, migration.target, progress, workers, batch_size)
         logger.info("schema %d reached in %.1f s", migration.target, time.monotonic() - started)
         current = migration.target
     return reread
 
 
 def _reread(
-    conn: sqlite3.Connection, config: Config, start: int, target: int, progress: bool, workers: int | None
+    conn: sqlite3.Connection,
+    config: Config,
+    start: int,
+    target: int,
+    progress: bool,
+    workers: int | None,
+    batch_size: int,
 ) -> RereadReport:
     """The re-read pass for migrations start..target, then the version bump that ends it."""
     migrations = [m for m in MIGRATIONS if start <= m.target <= target]
     report = reread_pass(
-        conn, config.storage_directory, migrations, str(config.default_encoding), workers=workers, progress=progress
+        conn,
+        config.storage_directory,
+        migrations,
+        str(config.default_encoding),
+        workers=workers,
+        progress=progress,
+        batch_size=batch_size,
     )
     tx = WriteTx(conn)
     conn.execute("BEGIN IMMEDIATE")

@@ -12,6 +12,7 @@ another instance are recorded (table UpgradeProblems, kept across resumptions) a
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -41,7 +42,7 @@ PROBLEMS_DDL = (
     "CREATE TABLE IF NOT EXISTS UpgradeProblems("
     "internalId INTEGER PRIMARY KEY, publicId TEXT NOT NULL, uuid TEXT, problem TEXT NOT NULL)"
 )
-CHUNK = 16  # instances per task sent to a worker process
+CHUNK = 16  # instances per task sent to a worker process (at most the batch size)
 BATCH = 512  # instances per committed transaction
 COMMIT_INTERVAL_S = 2.0  # ... or fewer, when that much time went by
 
@@ -69,6 +70,19 @@ class RereadReport:
 
 _Item = tuple[int, str, FileInfo | None]
 _Result = tuple[int, str, str | None, ParsedInstance | str]
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: the kernel kills this worker when the upgrade process dies (even by
+    SIGKILL), instead of leaving it orphaned."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 @lru_cache(maxsize=4)
@@ -126,11 +140,11 @@ def _pending(conn: sqlite3.Connection, cursor: int, page: int = 2048) -> Iterato
         last = int(rows[-1][0])
 
 
-def _chunks(items: Iterator[_Item]) -> Iterator[list[_Item]]:
+def _chunks(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
     chunk: list[_Item] = []
     for item in items:
         chunk.append(item)
-        if len(chunk) == CHUNK:
+        if len(chunk) == size:
             yield chunk
             chunk = []
     if chunk:
@@ -144,6 +158,7 @@ def reread_pass(
     default_encoding: str = "Latin1",
     workers: int | None = None,
     progress: bool = True,
+    batch_size: int = BATCH,
 ) -> RereadReport:
     """Run the `reread` steps of `migrations` on every instance after the persisted cursor. The
     caller has set the "upgrading to N" marker; `conn` is in autocommit mode."""
@@ -154,9 +169,17 @@ def reread_pass(
     count = "SELECT COUNT(*) FROM Resources WHERE resourceType = ? AND internalId <= ?"
     total = int(conn.execute(count, (int(ResourceType.INSTANCE), 2**62)).fetchone()[0])
     done = int(conn.execute(count, (int(ResourceType.INSTANCE), cursor)).fetchone()[0])
-    if cursor:
-        logger.warning("resuming the re-read of the DICOM files after instance %d (%d of %d done)", cursor, done, total)
     size = workers or max(2, os.cpu_count() or 2)
+    if cursor:
+        logger.warning(
+            "resuming the re-read of the DICOM files after instance %d (%d of %d done), %d worker processes",
+            cursor,
+            done,
+            total,
+            size,
+        )
+    else:
+        logger.warning("re-reading the DICOM files of %d instances, %d worker processes", total, size)
     started = time.monotonic()
     bar = tqdm(
         total=total,
@@ -173,9 +196,14 @@ def reread_pass(
     root = str(storage_root.resolve())
     batch: list[_Result] = []
     last_commit = time.monotonic()
-    with bar, concurrent.futures.ProcessPoolExecutor(max_workers=size, mp_context=context) as pool:
+    with (
+        bar,
+        concurrent.futures.ProcessPoolExecutor(
+            max_workers=size, mp_context=context, initializer=_die_with_parent
+        ) as pool,
+    ):
         in_flight: deque[concurrent.futures.Future[list[_Result]]] = deque()
-        chunks = _chunks(_pending(conn, cursor))
+        chunks = _chunks(_pending(conn, cursor), min(CHUNK, batch_size))
         exhausted = False
         while True:
             while not exhausted and len(in_flight) < size * 4:
@@ -189,7 +217,7 @@ def reread_pass(
             results = in_flight.popleft().result()
             batch.extend(results)
             bar.update(len(results))
-            if len(batch) >= BATCH or time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
+            if len(batch) >= batch_size or time.monotonic() - last_commit >= COMMIT_INTERVAL_S:
                 _commit(conn, tx, steps, batch)
                 batch = []
                 last_commit = time.monotonic()
