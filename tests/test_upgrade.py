@@ -4,7 +4,10 @@ resumption after SIGKILL at seeded random moments, problems in the storage folde
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+import logging
 import os
 import random
 import shutil
@@ -20,7 +23,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from dicomvault.config import load_config
+from dicomvault.enums import GlobalProperty
 from dicomvault.index.schema import SCHEMA_VERSION, upgrading_marker
+from dicomvault.index.transactions import ReadTx
 from dicomvault.ingest.pool import WorkerPool
 from dicomvault.server import Server, build
 from tests.fixtures.generate_fixture import FINDS, files
@@ -430,3 +435,42 @@ def test_upgrade_resumes_after_sigkill_at_random_moments(tmp_path: Path, worker_
     final = dicomvault("upgrade", config_file, "--no-backup", "--batch-size", "8")
     assert final.returncode == 0, final.stderr
     assert dump(index) == expected_dump
+
+
+def test_the_way_back_to_orthanc_ends_with_a_logged_removal(
+    tmp_path: Path, make_server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an adoption, `serve` says once when it first removes a file that Orthanc's index still
+    references (removing a file dicomvault stored itself does not count)."""
+    orthanc_index = tmp_path / "orthanc-index"
+    server = make_server()
+    client = _client(server)
+    ids = [client.post("/instances", content=data).json()["ID"] for data in files()[:3]]
+
+    def uuid_of(tx: ReadTx, public_id: str) -> str:
+        ref = tx.lookup(public_id)
+        assert ref is not None
+        info = tx.attachment(ref.internal_id, 1)
+        assert info is not None
+        return info.uuid
+
+    uuids = [server.context.index.read(functools.partial(uuid_of, public_id=i)) for i in ids]
+    with sqlite3.connect(orthanc_index) as conn:
+        conn.execute("CREATE TABLE AttachedFiles(id INTEGER, fileType INTEGER, uuid TEXT)")
+        conn.executemany("INSERT INTO AttachedFiles VALUES (?, 1, ?)", [(n, u) for n, u in enumerate(uuids[1:])])
+    record = json.dumps({"Index": str(orthanc_index), "Date": "20261123T000000"})
+    server.context.index.write(
+        lambda tx: tx.set_global_property(GlobalProperty.DICOMVAULT_ADOPTED_FROM_ORTHANC, record)
+    )
+    server.close()
+    server = make_server()
+    client = _client(server)
+    with caplog.at_level(logging.WARNING, logger="dicomvault.upgrade.rollback"):
+        assert client.delete(f"/instances/{ids[0]}").status_code == 200  # not one of Orthanc's files
+        assert not caplog.records
+        assert client.delete(f"/instances/{ids[1]}").status_code == 200
+        assert client.delete(f"/instances/{ids[2]}").status_code == 200
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert uuids[1] in line and str(orthanc_index) in line and "going back to Orthanc" in line
+    ended = server.context.index.read(lambda tx: tx.global_property(GlobalProperty.DICOMVAULT_ORTHANC_ROLLBACK_ENDED))
+    assert ended is not None

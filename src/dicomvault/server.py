@@ -36,6 +36,7 @@ from dicomvault.network.modalities import Modalities
 from dicomvault.network.queries import QueryRegistry
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
 from dicomvault.storage.area import FilesystemStorageArea
+from dicomvault.upgrade.rollback import RollbackWatch
 
 if TYPE_CHECKING:
     from dicomvault.network.scp import DicomServer
@@ -204,6 +205,7 @@ def build(
         clock=clock,
         after_store=stability.instance_stored,
     )
+    RollbackWatch.install(index, accessor)
     _recycle_at_start(index, accessor, limits)
     modalities = Modalities(
         config.dicom_modalities,

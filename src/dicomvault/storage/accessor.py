@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -66,6 +66,9 @@ class StorageAccessor:
     def __init__(self, area: FilesystemStorageArea, policy: CompressionPolicy) -> None:
         self.area = area
         self.policy = policy
+        # Called before a stored file is removed (the composition root watches the removal of
+        # files an adopted Orthanc index still references).
+        self.before_remove: Callable[[FileInfo], None] | None = None
 
     def write(
         self, data: bytes, content_type: FileContentType | int, compression: CompressionType | None = None
@@ -117,6 +120,8 @@ class StorageAccessor:
         return self.read(info)[start:end]
 
     def remove(self, info: FileInfo) -> None:
+        if self.before_remove is not None:
+            self.before_remove(info)
         self.area.remove(info.uuid)
 
 
