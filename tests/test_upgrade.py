@@ -140,7 +140,7 @@ def test_foreign_and_corrupted_index_files(tmp_path: Path) -> None:
     index.unlink()
     index.with_name("other.db").rename(index)
     result = dicomvault("upgrade", config)
-    assert result.returncode == 1 and "not a dicomvault index" in result.stderr
+    assert result.returncode == 3 and "not a dicomvault index" in result.stderr
 
 
 def test_wrong_paths(tmp_path: Path) -> None:

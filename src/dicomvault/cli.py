@@ -108,7 +108,7 @@ def _run_upgrade(config_path: Path | None, backup: bool, progress: bool = True, 
         logger.error("refusing to upgrade: %s", exc.describe(label))
         return EXIT_REFUSED
     except DicomVaultError as exc:
-        if exc.code is ErrorCode.DATABASE_UNAVAILABLE:
+        if exc.code in (ErrorCode.DATABASE_UNAVAILABLE, ErrorCode.INCOMPATIBLE_DATABASE_VERSION):
             logger.error("refusing to upgrade: %s", exc.details)
             return EXIT_REFUSED
         logger.error("the upgrade failed: %s", exc.details)

@@ -101,20 +101,28 @@ class MetadataType(IntEnum):
 
 
 class ChangeType(IntEnum):
-    """Orthanc's change types (the `/changes` log)."""
+    """Orthanc's change types (the `/changes` log), with Orthanc's numbers (ServerEnumerations.h).
+    Schema 1 stored other numbers; migration 2 renumbers its Changes rows."""
 
     COMPLETED_SERIES = 1
-    DELETED = 2
-    NEW_CHILD_INSTANCE = 3
-    NEW_INSTANCE = 4
-    NEW_PATIENT = 5
-    NEW_SERIES = 6
-    NEW_STUDY = 7
-    STABLE_PATIENT = 8
-    STABLE_SERIES = 9
-    STABLE_STUDY = 10
-    UPDATED_ATTACHMENT = 11
-    UPDATED_METADATA = 12
+    NEW_INSTANCE = 2
+    NEW_PATIENT = 3
+    NEW_SERIES = 4
+    NEW_STUDY = 5
+    ANONYMIZED_STUDY = 6
+    ANONYMIZED_SERIES = 7
+    MODIFIED_STUDY = 8
+    MODIFIED_SERIES = 9
+    ANONYMIZED_PATIENT = 10
+    MODIFIED_PATIENT = 11
+    STABLE_PATIENT = 12
+    STABLE_STUDY = 13
+    STABLE_SERIES = 14
+    UPDATED_ATTACHMENT = 15
+    UPDATED_METADATA = 16
+    # Orthanc's internal ones, never in its log (kept for the day they are reported):
+    DELETED = 4096
+    NEW_CHILD_INSTANCE = 4097
 
     @property
     def label(self) -> str:

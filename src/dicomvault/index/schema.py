@@ -134,10 +134,12 @@ CREATE INDEX MainDicomTagsValues ON MainDicomTags(tagGroup, tagElement, value CO
 CREATE INDEX ResourceTypePublicIndex ON Resources(resourceType, publicId);
 """
 
-# Schema 2: the tags of each instance's file that finds often constrain (`dicom/main_tags.py`,
-# INSTANCE_FIND_TAGS), so that /tools/find and C-FIND answer them from the index instead of opening
-# one file per candidate. Schema 1 code would store instances without these rows (and finds would
-# then miss them): the version is bumped to keep it out, and the upgrade re-reads every file.
+# Schema 2 (unreleased while it is the current version, so it may still change): the change types
+# renumbered as Orthanc's, Orthanc 1.12's labels, and the tags of each instance's file that finds
+# often constrain (`dicom/main_tags.py`, INSTANCE_FIND_TAGS), so that /tools/find and C-FIND
+# answer them from the index instead of opening one file per candidate. Schema 1 code would store
+# instances without these rows (and finds would then miss them): the version is bumped to keep it
+# out, and the upgrade re-reads every file.
 SCHEMA_2_DDL = """
 CREATE TABLE InstanceTags(
     id INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
@@ -153,6 +155,10 @@ CREATE TABLE Labels(
     PRIMARY KEY(id, label)
 );
 CREATE INDEX LabelsIndex ON Labels(label);
+-- Schema 1 numbered the change types its own way; schema 2 uses Orthanc's (enums.ChangeType).
+UPDATE Changes SET changeType = CASE changeType
+    WHEN 2 THEN 4096 WHEN 3 THEN 4097 WHEN 4 THEN 2 WHEN 5 THEN 3 WHEN 6 THEN 4 WHEN 7 THEN 5
+    WHEN 8 THEN 12 WHEN 9 THEN 14 WHEN 10 THEN 13 WHEN 11 THEN 15 WHEN 12 THEN 16 ELSE changeType END;
 """
 
 _UPGRADING_PREFIX = "upgrading-to-"
