@@ -122,3 +122,32 @@ def test_sequences_are_walked() -> None:
     ds.save_as(out, enforce_file_format=True)
     raw = out.getvalue()
     assert parse_instance(raw).sop_uid == ds.SOPInstanceUID
+
+
+@pytest.mark.parametrize("encoding", ["Latin1", "Utf8"])
+def test_find_tags_are_what_a_find_reading_the_file_sees(encoding: str) -> None:
+    """Schema 2 indexes INSTANCE_FIND_TAGS at ingest: their values must equal what a find that
+    reads the file compares (`file_strings`), for every file of the test corpora, so that answering
+    from the index changes no answer."""
+    from dicomvault.dicom.main_tags import INSTANCE_FIND_TAG_SET
+    from dicomvault.find.finder import file_strings
+    from tests.differential_cases import CORPUS
+    from tests.find_corpus import FIND_CORPUS
+    from tests.fixtures.generate_fixture import files
+
+    corpus = [item.data for item in CORPUS + FIND_CORPUS] + files()
+    extra = make_dataset(Spec(seed=3))
+    extra.PatientAge = "042Y"
+    extra.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    extra.PerformingPhysicianName = "Ünal^Özlem"
+    extra.PatientWeight = "70.5"
+    buffer = io.BytesIO()
+    extra.save_as(buffer, enforce_file_format=True)
+    corpus.append(buffer.getvalue())
+    seen: set[int] = set()
+    for data in corpus:
+        parsed = parse_instance(data, encoding)
+        expected = {tag: value for tag, value in file_strings(data, encoding).items() if tag in INSTANCE_FIND_TAG_SET}
+        assert dict(parsed.find_tags) == expected
+        seen |= set(expected)
+    assert len(seen) >= 8  # the corpora exercise most of the list
