@@ -42,6 +42,7 @@ from tests.upgrades import (
 )
 
 RELEASED = [1]  # every released schema version older than the current one has a fixture
+REREAD_TARGET = 2  # the migration that re-reads the files (schema 1 -> 2)
 
 
 def _tree_hashes(folder: Path) -> dict[str, str]:
@@ -85,14 +86,14 @@ def test_serve_refuses_a_newer_schema(tmp_path: Path) -> None:
     assert dump(index) == before
 
 
-@pytest.mark.parametrize("target", [SCHEMA_VERSION, SCHEMA_VERSION + 1])
+@pytest.mark.parametrize("target", [REREAD_TARGET, SCHEMA_VERSION, SCHEMA_VERSION + 1])
 def test_serve_refuses_a_half_upgraded_index(tmp_path: Path, target: int) -> None:
     config = fixture_copy(1, tmp_path)
     set_version(tmp_path / "storage" / "dicomvault.db", upgrading_marker(target))
     result = dicomvault("serve", config)
     assert result.returncode == 3
     assert f"half-way through an upgrade to schema {target}" in result.stderr
-    if target == SCHEMA_VERSION:
+    if target <= SCHEMA_VERSION:
         assert f"dicomvault upgrade {config}" in result.stderr
     else:
         assert "by a newer dicomvault" in result.stderr
@@ -428,7 +429,7 @@ def test_upgrade_resumes_after_sigkill_at_random_moments(tmp_path: Path, worker_
             break  # killed after the end
         refused = dicomvault("serve", config_file)
         assert refused.returncode == 3, refused.stderr
-        if properties[1000] == upgrading_marker(SCHEMA_VERSION) and int(properties.get(1001, "0")) > 0:
+        if properties[1000] == upgrading_marker(REREAD_TARGET) and int(properties.get(1001, "0")) > 0:
             midway.append(int(properties[1001]))
     print(f"full run {duration:.1f} s (re-read {reread:.1f} s); killed with cursors {midway}")
     assert len(set(midway)) >= 5, "at least 5 kills should interrupt the re-read at different points"
@@ -474,3 +475,34 @@ def test_the_way_back_to_orthanc_ends_with_a_logged_removal(
     assert uuids[1] in line and str(orthanc_index) in line and "going back to Orthanc" in line
     ended = server.context.index.read(lambda tx: tx.global_property(GlobalProperty.DICOMVAULT_ORTHANC_ROLLBACK_ENDED))
     assert ended is not None
+
+
+def test_a_plain_migration_runs_in_one_transaction_without_re_reading(
+    tmp_path: Path, make_server: Callable[..., Server]
+) -> None:
+    """Schema 2 -> 3 renumbers the change types (Orthanc's numbers): no file is read, the /changes
+    answers are the same before and after."""
+    server = make_server()
+    client = _client(server)
+    for data in files()[:4]:
+        client.post("/instances", content=data)
+    client.put(f"/instances/{client.get('/instances').json()[0]}/metadata/1024", content=b"x")
+    before = client.get("/changes?limit=100").json()
+    server.close()
+    index = tmp_path / "storage" / "dicomvault.db"
+    old_numbers = {2: 4, 3: 5, 4: 6, 5: 7, 12: 8, 14: 9, 13: 10, 15: 11, 16: 12}  # schema 2's, by Orthanc's
+    with sqlite3.connect(index) as conn:
+        conn.execute(
+            "UPDATE Changes SET changeType = CASE changeType "
+            + " ".join(f"WHEN {new} THEN {old}" for new, old in old_numbers.items())
+            + " ELSE changeType END"
+        )
+        assert {row[0] for row in conn.execute("SELECT changeType FROM Changes")} <= set(old_numbers.values())
+    set_version(index, "2")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"StorageDirectory": str(tmp_path / "storage")}))
+    result = dicomvault("upgrade", config)
+    assert result.returncode == 0, result.stderr
+    assert "upgraded from schema 2 to schema 3" in result.stdout and "re-read" not in result.stdout + result.stderr
+    server = make_server()
+    assert _client(server).get("/changes?limit=100").json() == before

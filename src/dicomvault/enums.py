@@ -102,7 +102,7 @@ class MetadataType(IntEnum):
 
 class ChangeType(IntEnum):
     """Orthanc's change types (the `/changes` log), with Orthanc's numbers (ServerEnumerations.h).
-    Schema 1 stored other numbers; migration 2 renumbers its Changes rows."""
+    Schemas 1 and 2 stored other numbers; migration 3 renumbers their Changes rows."""
 
     COMPLETED_SERIES = 1
     NEW_INSTANCE = 2

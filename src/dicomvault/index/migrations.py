@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from dicomvault.dicom.parsing import ParsedInstance
 from dicomvault.enums import GlobalProperty
 from dicomvault.errors import DicomVaultError, ErrorCode
-from dicomvault.index.schema import SCHEMA_1_DDL, SCHEMA_2_DDL, SCHEMA_PATCH_LEVEL, SCHEMA_VERSION
+from dicomvault.index.schema import SCHEMA_1_DDL, SCHEMA_2_DDL, SCHEMA_3_DDL, SCHEMA_PATCH_LEVEL, SCHEMA_VERSION
 from dicomvault.index.transactions import WriteTx
 
 # Fills what a re-reading migration adds for one instance, from its re-parsed file.
@@ -37,6 +37,7 @@ def _fill_instance_tags(tx: WriteTx, internal_id: int, parsed: ParsedInstance) -
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "index the find tags of every instance (InstanceTags)", SCHEMA_2_DDL, _fill_instance_tags),
+    Migration(3, "store the change types with Orthanc's numbers", SCHEMA_3_DDL),
 )
 assert [m.target for m in MIGRATIONS] == list(range(2, SCHEMA_VERSION + 1)), "migrations must be numbered 2..N"
 

@@ -13,7 +13,7 @@ While a migration that re-reads the DICOM files runs, the version property holds
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_PATCH_LEVEL = 0
 # The value Orthanc 1.10.1 reports as `DatabaseVersion` in /system (its schema 6): clients use it to
 # detect features, and our schema offers what Orthanc's 6 offers.
@@ -134,12 +134,11 @@ CREATE INDEX MainDicomTagsValues ON MainDicomTags(tagGroup, tagElement, value CO
 CREATE INDEX ResourceTypePublicIndex ON Resources(resourceType, publicId);
 """
 
-# Schema 2 (unreleased while it is the current version, so it may still change): the change types
-# renumbered as Orthanc's, Orthanc 1.12's labels, and the tags of each instance's file that finds
-# often constrain (`dicom/main_tags.py`, INSTANCE_FIND_TAGS), so that /tools/find and C-FIND
-# answer them from the index instead of opening one file per candidate. Schema 1 code would store
-# instances without these rows (and finds would then miss them): the version is bumped to keep it
-# out, and the upgrade re-reads every file.
+# Schema 2: Orthanc 1.12's labels, and the tags of each instance's file that finds often
+# constrain (`dicom/main_tags.py`, INSTANCE_FIND_TAGS), so that /tools/find and C-FIND answer them
+# from the index instead of opening one file per candidate. Schema 1 code would store instances
+# without these rows (and finds would then miss them): the version is bumped to keep it out, and
+# the upgrade re-reads every file.
 SCHEMA_2_DDL = """
 CREATE TABLE InstanceTags(
     id INTEGER NOT NULL REFERENCES Resources(internalId) ON DELETE CASCADE,
@@ -155,7 +154,13 @@ CREATE TABLE Labels(
     PRIMARY KEY(id, label)
 );
 CREATE INDEX LabelsIndex ON Labels(label);
--- Schema 1 numbered the change types its own way; schema 2 uses Orthanc's (enums.ChangeType).
+"""
+
+# Schema 3: the change types stored with Orthanc's numbers (enums.ChangeType), as DESIGN.md wants
+# for every enumeration on disk; schema 1 and 2 numbered them their own way. Older code would
+# misread every change: the version is bumped. A plain migration: one UPDATE, in one transaction
+# with the version bump (on a new index, an UPDATE of nothing).
+SCHEMA_3_DDL = """
 UPDATE Changes SET changeType = CASE changeType
     WHEN 2 THEN 4096 WHEN 3 THEN 4097 WHEN 4 THEN 2 WHEN 5 THEN 3 WHEN 6 THEN 4 WHEN 7 THEN 5
     WHEN 8 THEN 12 WHEN 9 THEN 14 WHEN 10 THEN 13 WHEN 11 THEN 15 WHEN 12 THEN 16 ELSE changeType END;
