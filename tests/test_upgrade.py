@@ -506,3 +506,15 @@ def test_a_plain_migration_runs_in_one_transaction_without_re_reading(
     assert "upgraded from schema 2 to schema 3" in result.stdout and "re-read" not in result.stdout + result.stderr
     server = make_server()
     assert _client(server).get("/changes?limit=100").json() == before
+
+
+def test_a_higher_patch_level_is_served(tmp_path: Path, make_server: Callable[..., Server]) -> None:
+    """Additive changes older code tolerates raise the patch level only: an index whose patch
+    level is above this code's (written by a newer dicomvault of the same schema) is served."""
+    make_server().close()
+    with sqlite3.connect(tmp_path / "storage" / "dicomvault.db") as conn:
+        conn.execute(
+            "UPDATE GlobalProperties SET value = '7' WHERE property = ?", (int(GlobalProperty.DATABASE_PATCH_LEVEL),)
+        )
+    server = make_server()
+    assert _client(server).get("/system").status_code == 200
