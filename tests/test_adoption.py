@@ -39,6 +39,7 @@ from dicomvault.upgrade.adoption import adopt_orthanc, is_orthanc_index, orthanc
 from dicomvault.upgrade.verify import MISSING, UNREADABLE, WRONG_MD5, WRONG_SIZE, verify_storage
 from tests.dicomgen import Spec, make_bytes
 from tests.orthanc import OrthancServer, missing_orthanc_reason, orthanc_available
+from tests.upgrades import dicomvault
 
 pytestmark = [
     pytest.mark.orthanc,
@@ -299,6 +300,13 @@ def _serve(make_server: Callable[..., Server], storage: Path, compression: bool)
 # ---- adoption end to end ----------------------------------------------------------------------
 
 
+def _upgrade(storage: Path, base: Path) -> subprocess.CompletedProcess[str]:
+    """`dicomvault upgrade CONFIG` on an Orthanc folder, as an operator runs it."""
+    config = base / "config.json"
+    config.write_text(json.dumps({"StorageDirectory": str(storage), "IndexDirectory": str(storage)}))
+    return dicomvault("upgrade", config, "--no-progress")
+
+
 @pytest.mark.parametrize("compression", [False, True], ids=["plain", "compressed"])
 def test_upgrade_command_adopts_and_dicomvault_answers_as_orthanc(
     installations: dict[bool, Installation],
@@ -309,14 +317,7 @@ def test_upgrade_command_adopts_and_dicomvault_answers_as_orthanc(
     inst = installations[compression]
     storage = _copy_storage(inst, tmp_path)
     before = _snapshot(storage)
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"StorageDirectory": str(storage), "IndexDirectory": str(storage)}))
-    done = subprocess.run(
-        [sys.executable, "-m", "dicomvault", "upgrade", str(config), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _upgrade(storage, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "adopted the Orthanc index" in done.stdout
     assert "every file is present" in done.stdout
@@ -487,14 +488,7 @@ def test_running_orthanc_is_refused_and_a_killed_one_is_adopted_with_its_journal
         assert refused.value.code == ErrorCode.DATABASE_UNAVAILABLE
         assert "stop Orthanc first" in str(refused.value.details)
         assert not (storage / "dicomvault.db").exists() and not (storage / "dicomvault.db.adopting").exists()
-        config = tmp_path / "config.json"
-        config.write_text(json.dumps({"StorageDirectory": str(storage), "IndexDirectory": str(storage)}))
-        done = subprocess.run(
-            [sys.executable, "-m", "dicomvault", "upgrade", str(config), "--no-progress"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = _upgrade(storage, tmp_path)
         assert done.returncode == 3, done.stdout + done.stderr  # refused
         assert "stop Orthanc first" in done.stderr
         assert not (storage / "dicomvault.db").exists()
@@ -779,13 +773,6 @@ def test_upgrade_command_with_a_missing_file_finishes_with_problems(
         (uuid,) = conn.execute("SELECT uuid FROM AttachedFiles WHERE fileType = 1 LIMIT 1").fetchone()
     path = storage / uuid[:2] / uuid[2:4] / uuid
     path.unlink()
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"StorageDirectory": str(storage), "IndexDirectory": str(storage)}))
-    done = subprocess.run(
-        [sys.executable, "-m", "dicomvault", "upgrade", str(config), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _upgrade(storage, tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"{MISSING}: instance" in done.stdout and uuid in done.stdout
