@@ -169,7 +169,8 @@ def reread_pass(
     count = "SELECT COUNT(*) FROM Resources WHERE resourceType = ? AND internalId <= ?"
     total = int(conn.execute(count, (int(ResourceType.INSTANCE), 2**62)).fetchone()[0])
     done = int(conn.execute(count, (int(ResourceType.INSTANCE), cursor)).fetchone()[0])
-    size = workers or max(2, os.cpu_count() or 2)
+    # Worker processes for the instances left (none: no process is started at all).
+    size = min(workers or max(2, os.cpu_count() or 2), max(1, -(-(total - done) // CHUNK)))
     if cursor:
         logger.warning(
             "resuming the re-read of the DICOM files after instance %d (%d of %d done), %d worker processes",
