@@ -4,6 +4,7 @@ resumption after SIGKILL at seeded random moments, problems in the storage folde
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -36,6 +37,8 @@ from tests.upgrades import (
     dump,
     expected,
     fixture_copy,
+    make_schema1,
+    renumber_changes_as_schema1,
     schema1_archive,
     set_version,
     start_upgrade,
@@ -490,14 +493,9 @@ def test_a_plain_migration_runs_in_one_transaction_without_re_reading(
     before = client.get("/changes?limit=100").json()
     server.close()
     index = tmp_path / "storage" / "dicomvault.db"
-    old_numbers = {2: 4, 3: 5, 4: 6, 5: 7, 12: 8, 14: 9, 13: 10, 15: 11, 16: 12}  # schema 2's, by Orthanc's
-    with sqlite3.connect(index) as conn:
-        conn.execute(
-            "UPDATE Changes SET changeType = CASE changeType "
-            + " ".join(f"WHEN {new} THEN {old}" for new, old in old_numbers.items())
-            + " ELSE changeType END"
-        )
-        assert {row[0] for row in conn.execute("SELECT changeType FROM Changes")} <= set(old_numbers.values())
+    with contextlib.closing(sqlite3.connect(index)) as conn, conn:
+        renumber_changes_as_schema1(conn)
+        assert {row[0] for row in conn.execute("SELECT changeType FROM Changes")} <= {4, 5, 6, 7, 12}
     set_version(index, "2")
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"StorageDirectory": str(tmp_path / "storage")}))
@@ -518,3 +516,20 @@ def test_a_higher_patch_level_is_served(tmp_path: Path, make_server: Callable[..
         )
     server = make_server()
     assert _client(server).get("/system").status_code == 200
+
+
+def test_upgrade_from_schema_1_keeps_the_change_log(tmp_path: Path, make_server: Callable[..., Server]) -> None:
+    """Both migrations in a row (re-read, then renumbering): /changes answers as before."""
+    server = make_server()
+    client = _client(server)
+    for data in files()[:6]:
+        client.post("/instances", content=data)
+    client.delete(f"/instances/{client.get('/instances').json()[0]}")
+    before = client.get("/changes?limit=100").json()
+    server.close()
+    make_schema1(tmp_path / "storage" / "dicomvault.db")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"StorageDirectory": str(tmp_path / "storage")}))
+    result = dicomvault("upgrade", config, "--no-progress")
+    assert result.returncode == 0 and f"from schema 1 to schema {SCHEMA_VERSION}" in result.stdout, result.stderr
+    assert _client(make_server()).get("/changes?limit=100").json() == before

@@ -4,6 +4,7 @@ index to compare two upgrades."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,8 +47,7 @@ def expected(version: int) -> dict[str, Any]:
 
 def schema1_archive(base: Path, count: int, workers: WorkerPool, compression: bool = False, pixels: int = 8) -> Path:
     """A schema-1 archive of `count` instances, larger than the fixture (for crash tests): stored
-    by today's code, then the schema-2 additions removed. Schema 1's DDL is the prefix of schema
-    2's, so what remains is exactly what schema 1 holds."""
+    by today's code, then made what schema 1 holds (`make_schema1`)."""
     base.mkdir(parents=True, exist_ok=True)
     config_path = write_config(base, StorageCompression=compression)
     config = config_from_mapping(json.loads(config_path.read_text()), source=str(config_path))
@@ -65,14 +65,34 @@ def schema1_archive(base: Path, count: int, workers: WorkerPool, compression: bo
             server.context.ingest.store_sync(make_bytes(spec), Origin())
     finally:
         server.close()
-    with sqlite3.connect(base / "storage" / "dicomvault.db") as conn:
+    make_schema1(base / "storage" / "dicomvault.db")
+    return config_path
+
+
+# Change types: today's numbers (Orthanc's) -> those of schemas 1 and 2.
+SCHEMA1_CHANGE_TYPES = {2: 4, 3: 5, 4: 6, 5: 7, 12: 8, 14: 9, 13: 10, 15: 11, 16: 12, 4096: 2, 4097: 3}
+
+
+def renumber_changes_as_schema1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "UPDATE Changes SET changeType = CASE changeType "
+        + " ".join(f"WHEN {new} THEN {old}" for new, old in SCHEMA1_CHANGE_TYPES.items())
+        + " ELSE changeType END"
+    )
+
+
+def make_schema1(index: Path) -> None:
+    """Turn an index written by today's code into the schema-1 index of the same data: the tables
+    of migration 2 dropped (schema 1's DDL is the prefix of today's), the change types renumbered
+    back (undoing migration 3), the version property set to 1."""
+    with contextlib.closing(sqlite3.connect(index)) as conn, conn:
         conn.execute("DROP TABLE InstanceTags")
         conn.execute("DROP TABLE Labels")
+        renumber_changes_as_schema1(conn)
         conn.execute(
             "UPDATE GlobalProperties SET value = '1' WHERE property = ?",
             (int(GlobalProperty.DICOMVAULT_SCHEMA_VERSION),),
         )
-    return config_path
 
 
 def dicomvault(
@@ -148,10 +168,3 @@ class SmallDisk:
             return True
         finally:
             probe.rmdir()
-
-
-def folder_size(path: Path) -> int:
-    """Bytes a copy of `path` takes on a tmpfs (whole pages per file)."""
-    return sum(-(-p.stat().st_size // 4096) * 4096 for p in path.rglob("*") if p.is_file()) + 4096 * sum(
-        1 for p in path.rglob("*") if p.is_dir()
-    )
