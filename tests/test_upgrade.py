@@ -107,6 +107,11 @@ def test_serve_refuses_a_half_upgraded_index(tmp_path: Path, target: int) -> Non
 def test_released_code_refuses_a_half_upgraded_index(tmp_path: Path) -> None:
     """dicomvault 0.1.0 itself (a git worktree of its tag) refuses the "upgrading to 2" marker."""
     worktree = tmp_path / "v0.1.0"
+    tagged = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "-q", "v0.1.0^{commit}"], capture_output=True
+    )
+    if tagged.returncode != 0:
+        pytest.skip("the tag v0.1.0 is not in this clone (a shallow clone?): fetch the tags to run this test")
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), "v0.1.0"], check=True)
     try:
         config = fixture_copy(1, tmp_path / "data")
