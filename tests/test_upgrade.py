@@ -464,7 +464,8 @@ def test_the_way_back_to_orthanc_ends_with_a_logged_removal(
         return info.uuid
 
     uuids = [server.context.index.read(functools.partial(uuid_of, public_id=i)) for i in ids]
-    with sqlite3.connect(orthanc_index) as conn:
+    with contextlib.closing(sqlite3.connect(orthanc_index)) as conn, conn:
+        conn.execute("PRAGMA journal_mode = WAL")  # as Orthanc's
         conn.execute("CREATE TABLE AttachedFiles(id INTEGER, fileType INTEGER, uuid TEXT)")
         conn.executemany("INSERT INTO AttachedFiles VALUES (?, 1, ?)", [(n, u) for n, u in enumerate(uuids[1:])])
     record = json.dumps({"Index": str(orthanc_index), "Date": "20261123T000000"})
@@ -483,6 +484,7 @@ def test_the_way_back_to_orthanc_ends_with_a_logged_removal(
     assert uuids[1] in line and str(orthanc_index) in line and "going back to Orthanc" in line
     ended = server.context.index.read(lambda tx: tx.global_property(GlobalProperty.DICOMVAULT_ORTHANC_ROLLBACK_ENDED))
     assert ended is not None
+    assert sorted(p.name for p in tmp_path.glob("orthanc-index*")) == ["orthanc-index"]  # nothing beside it
 
 
 def test_a_plain_migration_runs_in_one_transaction_without_re_reading(

@@ -60,7 +60,9 @@ class RollbackWatch:
 
     def _referenced_by_orthanc(self, uuid: str) -> bool:
         try:
-            conn = sqlite3.connect(f"file:{self._orthanc_index}?mode=ro", uri=True, timeout=5)
+            # Immutable: a read-only connection to a WAL database would still create -wal and -shm
+            # files beside Orthanc's index (see orthanc_index.py).
+            conn = sqlite3.connect(f"file:{self._orthanc_index}?mode=ro&immutable=1", uri=True, timeout=5)
             try:
                 return conn.execute("SELECT 1 FROM AttachedFiles WHERE uuid = ?", (uuid,)).fetchone() is not None
             finally:
