@@ -21,8 +21,6 @@ import argparse
 import datetime
 import json
 import logging
-import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -45,6 +43,7 @@ from bench.servers import (
     Orthanc,
     Server,
     load_average,
+    machine,
     machine_cpu,
     process_tree,
     remove_tree,
@@ -368,13 +367,7 @@ def run_and_report(args: argparse.Namespace, plan: Plan, run_rounds: RunRounds, 
     results: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 1),
-        "machine": {
-            "cores": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": load_average(),
-            "python": platform.python_version(),
-            **described.machine,
-        },
+        "machine": machine(load_before, **described.machine),
         "plan": {
             "ct": sizes.ct,
             "ct_mb": round(ct.total_bytes / 1e6, 1),

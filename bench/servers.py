@@ -246,6 +246,19 @@ def load_average() -> list[float]:
     return [float(x) for x in (_read("/proc/loadavg") or "0 0 0").split()[:3]]
 
 
+def machine(load_before: list[float], **extra: Any) -> dict[str, Any]:
+    """The "machine" record of a benchmark's results: cores, load before and after, Python."""
+    import platform
+
+    return {
+        "cores": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "python": platform.python_version(),
+        **extra,
+    }
+
+
 def tree_uss(pids: list[int]) -> int:
     """Unique set size of these processes, in bytes: their private pages only (what stopping them
     would free). Unlike RSS it does not count twice the interpreter and libraries that spawned

@@ -27,7 +27,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import sqlite3
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from tests.orthanc import OrthancServer, orthanc_available
 from tests.upgrades import make_schema1
 
 from bench import data, run
-from bench.servers import DicomVault, Orthanc, Server, load_average, machine_cpu, remove_tree
+from bench.servers import DicomVault, Orthanc, Server, load_average, machine, machine_cpu, remove_tree
 from bench.upgrade_report import ROWS, adoption_rows, cpu_lines, summarize, table
 from dicomvault.config import Config, config_from_mapping, load_config
 from dicomvault.errors import DicomVaultError
@@ -373,12 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 1),
-        "machine": {
-            "cores": os.cpu_count(),
-            "load_average_before": load_before,
-            "load_average_after": load_average(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(load_before),
         "plan": {
             "tiny": plan.instances,
             "ct": plan.ct,
