@@ -28,7 +28,9 @@ LOCK_SUFFIX = ".lock"
 _BUSY_TIMEOUT_S = 30.0
 
 
-def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+def connect_index(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with the index's pragmas; a file
+    that is not a database, or that cannot be opened, is a `DicomVaultError` saying so."""
     uri = f"file:{path}{'?mode=ro' if read_only else ''}"
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
@@ -38,9 +40,13 @@ def _connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA cache_size = -32000")
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as exc:
         conn.close()
-        raise
+        raise DicomVaultError(
+            ErrorCode.SQLITE_CANNOT_OPEN,
+            f"cannot use the SQLite index {path}: {exc} "
+            f"(check the permissions of {path.parent} and the free disk space)",
+        ) from exc
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise not_a_database(path, exc) from exc
@@ -90,7 +96,7 @@ def not_a_database(path: Path, exc: sqlite3.DatabaseError) -> DicomVaultError:
 
 class _Reader:
     def __init__(self, path: Path) -> None:
-        self._conn = _connect(path)
+        self._conn = connect_index(path)
         self._tx = ReadTx(self._conn)
 
     def begin(self) -> ReadTx:
@@ -106,7 +112,7 @@ class _Reader:
 
 class _Writer:
     def __init__(self, path: Path) -> None:
-        self._conn = _connect(path)
+        self._conn = connect_index(path)
         self._tx = WriteTx(self._conn)
 
     def begin(self) -> WriteTx:
@@ -153,7 +159,7 @@ class SQLiteBackend:
             exists = self.path.exists()
             if not exists and not create:
                 raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"no dicomvault index at {self.path}")
-            conn = _connect(self.path)
+            conn = connect_index(self.path)
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":

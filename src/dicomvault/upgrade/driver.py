@@ -17,7 +17,6 @@ Order of work, each step safe to interrupt:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 import time
@@ -30,9 +29,13 @@ from dicomvault.enums import GlobalProperty
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.migrations import MIGRATIONS, SchemaVersionError, split_sql
 from dicomvault.index.schema import SCHEMA_VERSION, parse_version, upgrading_marker
-from dicomvault.index.sqlite import INDEX_FILENAME, lock_index, not_a_database, unlock_index
+from dicomvault.index.sqlite import INDEX_FILENAME, connect_index, lock_index, not_a_database, unlock_index
 from dicomvault.index.transactions import ReadTx, WriteTx
+from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
+from dicomvault.storage.area import FilesystemStorageArea
+from dicomvault.upgrade.adoption import AdoptionReport, adopt_orthanc
 from dicomvault.upgrade.reread import BATCH, RereadReport, reread_pass
+from dicomvault.upgrade.verify import VerificationReport, verify_storage
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +50,9 @@ class UpgradeOutcome:
     resumed_to: int | None  # an interrupted upgrade to this version was resumed
     version: int  # the version read back after the upgrade
     backup: Path | None
-    adoption: object | None = None  # adoption.AdoptionReport
+    adoption: AdoptionReport | None = None
     reread: RereadReport | None = None
-    verification: object | None = None  # verify.VerificationReport
+    verification: VerificationReport | None = None
 
     @property
     def upgraded(self) -> bool:
@@ -59,12 +62,12 @@ class UpgradeOutcome:
     def problems(self) -> bool:
         if self.reread is not None and self.reread.problems:
             return True
-        return self.verification is not None and not bool(getattr(self.verification, "ok", True))
+        return self.verification is not None and not self.verification.ok
 
     def render(self) -> list[str]:
         lines: list[str] = []
         if self.adoption is not None:
-            lines.extend(self.adoption.render())  # type: ignore[attr-defined]
+            lines.extend(self.adoption.render())
         if not self.upgraded:
             lines.append(f"{self.index}: schema version {self.version}, no upgrade needed")
             return lines
@@ -86,25 +89,8 @@ class UpgradeOutcome:
             )
             lines.extend(f"  {p.problem} (instance {p.public_id}, attachment {p.uuid})" for p in r.problems)
         if self.verification is not None:
-            lines.extend(self.verification.render())  # type: ignore[attr-defined]
+            lines.extend(self.verification.render())
         return lines
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    try:
-        conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise DicomVaultError(ErrorCode.SQLITE_CANNOT_OPEN, f"cannot open the index {path}: {exc}") from exc
-    try:
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = FULL")
-    except sqlite3.OperationalError as exc:
-        conn.close()
-        raise DicomVaultError(ErrorCode.SQLITE_CANNOT_OPEN, f"cannot open the index {path}: {exc}") from exc
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise not_a_database(path, exc) from exc
-    return conn
 
 
 def _version(conn: sqlite3.Connection, path: Path) -> tuple[int | None, int | None]:
@@ -192,11 +178,9 @@ def _upgrade_locked(
                 f"nothing to upgrade: neither a dicomvault index ({path}) nor an Orthanc index ({orthanc}); "
                 f"check IndexDirectory in {config_label}",
             )
-        from dicomvault.upgrade.adoption import adopt_orthanc
-
         logger.warning("adopting the Orthanc index %s (read only; the new index is %s)", orthanc, path)
         adoption = adopt_orthanc(orthanc, path)
-    conn = _connect(path)
+    conn = connect_index(path)
     try:
         found, upgrading_to = _version(conn, path)
         if max(found or 0, upgrading_to or 0) > SCHEMA_VERSION:
@@ -218,7 +202,7 @@ def _upgrade_locked(
         raise not_a_database(path, exc) from exc
     finally:
         conn.close()
-    confirm = _connect(path)
+    confirm = connect_index(path)
     try:
         version, _ = _version(confirm, path)
     finally:
@@ -238,11 +222,7 @@ def _upgrade_locked(
     return outcome
 
 
-def _verify(config: Config, path: Path) -> object:
-    from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
-    from dicomvault.storage.area import FilesystemStorageArea
-    from dicomvault.upgrade.verify import verify_storage
-
+def _verify(config: Config, path: Path) -> VerificationReport:
     accessor = StorageAccessor(FilesystemStorageArea(config.storage_directory, fsync=False), CompressionPolicy())
     return verify_storage(path, accessor)
 
@@ -327,9 +307,3 @@ def _reread(
             conn.execute("ROLLBACK")
         raise
     return report
-
-
-def adoption_record(conn: sqlite3.Connection) -> dict[str, object] | None:
-    """What `adopt_orthanc` recorded (the Orthanc index adopted, when), or None."""
-    value = ReadTx(conn).global_property(GlobalProperty.DICOMVAULT_ADOPTED_FROM_ORTHANC)
-    return None if value is None else dict(json.loads(value))
