@@ -2,7 +2,7 @@
 built, inside the caller's transaction, with what is odd along the way counted and logged.
 
 Orthanc's enumerations of resource, metadata, content and compression types are ours, so those
-rows are copied as they are; change types are translated name for name (our numbers differ);
+rows are copied as they are, change types too (ours have Orthanc's numbers since schema 3);
 `DicomIdentifiers` is recomputed from the main DICOM tags with our normalisation.
 """
 
