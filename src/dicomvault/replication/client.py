@@ -1,0 +1,215 @@
+"""`OrthancClient`: the REST client of any Orthanc-compatible server (dicomvault or Orthanc), as
+the replication tools need it.
+
+* The URL carries the credentials as Orthanc's scripts take them (`http://user:password@host:8042/`),
+  http or https; a URL without scheme or host is refused at once with a one-line message.
+* Transient failures (connection refused or reset, timeouts, HTTP 500/502/503/504: Orthanc 1.10.1
+  answers 500 to a storage-folder creation race) are retried with exponential backoff and jitter;
+  authentication failures, 4xx answers and a server that does not speak Orthanc's API are not, and
+  become a `ServerError` whose message says what to do.
+* One `httpx.Client` (thread-safe, keep-alive, a connection pool sized for the workers) per client;
+  the transport can be injected, so tests can run against an in-process server.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+_RETRIED_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class ServerError(Exception):
+    """A server could not be used; `str()` is one line an operator can act on."""
+
+    def __init__(self, message: str, status: int | None = None, transient: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+@dataclass(frozen=True)
+class ServerUrl:
+    """A server's base URL without credentials, and the credentials it carried."""
+
+    base: str
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> ServerUrl:
+        parts = urllib.parse.urlsplit(url.strip())
+        if parts.scheme not in ("http", "https"):
+            raise ServerError(f"{url!r} is not an http:// or https:// URL (for example http://localhost:8042/)")
+        if not parts.hostname:
+            raise ServerError(f"{url!r} has no host name (for example http://localhost:8042/)")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ServerError(f"{url!r} has an invalid port") from exc
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        netloc = host if port is None else f"{host}:{port}"
+        path = parts.path.rstrip("/")
+        username = urllib.parse.unquote(parts.username) if parts.username is not None else None
+        password = urllib.parse.unquote(parts.password) if parts.password is not None else None
+        return cls(f"{parts.scheme}://{netloc}{path}", username, password)
+
+    def __str__(self) -> str:
+        return self.base  # never the password
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 6
+    first_delay_s: float = 0.2
+    max_delay_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter."""
+        return random.uniform(0, min(self.max_delay_s, self.first_delay_s * 2**attempt))
+
+
+class OrthancClient:
+    def __init__(
+        self,
+        url: str,
+        transport: httpx.BaseTransport | None = None,
+        timeout_s: float = 120.0,
+        retry: Retry = Retry(),
+        connections: int = 16,
+        verify_tls: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = ServerUrl.parse(url)
+        auth = (self.url.username or "", self.url.password or "") if self.url.username is not None else None
+        self._http = httpx.Client(
+            base_url=self.url.base,
+            auth=auth,
+            timeout=timeout_s,
+            transport=transport,
+            verify=verify_tls,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            headers={"Accept-Encoding": "identity"},
+        )
+        self._retry = retry
+        self._sleep = sleep
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OrthancClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- plumbing
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None = None,
+        params: Mapping[str, str | int] | None = None,
+        ok_statuses: frozenset[int] = frozenset({200}),
+    ) -> httpx.Response:
+        """One request, retried while the failure is transient; an answer whose status is not in
+        `ok_statuses` raises `ServerError` (4xx at once, 5xx after the retries)."""
+        last: ServerError | None = None
+        for attempt in range(self._retry.attempts):
+            if attempt:
+                delay = self._retry.delay(attempt)
+                logger.info("%s %s%s: %s; retrying in %.1f s", method, self.url, path, last, delay)
+                self._sleep(delay)
+            try:
+                answer = self._http.request(method, path, content=content, params=params)
+            except httpx.TransportError as exc:
+                last = ServerError(f"cannot reach {self.url}: {_reason(exc)}", transient=True)
+                continue
+            if answer.status_code in ok_statuses:
+                return answer
+            last = self._refusal(method, path, answer)
+            if not last.transient:
+                raise last
+        assert last is not None
+        raise last
+
+    def _refusal(self, method: str, path: str, answer: httpx.Response) -> ServerError:
+        status = answer.status_code
+        if status == 401:
+            return ServerError(f"{self.url} refused the credentials (HTTP 401): check user:password in the URL", 401)
+        if status == 403:
+            return ServerError(f"{self.url} forbids {method} {path} (HTTP 403): check the user's permissions", 403)
+        details = _orthanc_details(answer)
+        return ServerError(
+            f"{self.url} answered {method} {path} with HTTP {status}{': ' + details if details else ''}",
+            status,
+            transient=status in _RETRIED_STATUSES,
+        )
+
+    def json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+        answer = self.request("GET", path, params=params)
+        try:
+            return answer.json()
+        except ValueError as exc:
+            raise ServerError(f"{self.url}{path} did not answer JSON: is it an Orthanc-compatible server?") from exc
+
+    # ---------------------------------------------------------------- Orthanc's API
+
+    def system(self) -> dict[str, Any]:
+        """`GET /system`, checked to be an Orthanc-compatible answer."""
+        try:
+            answer = self.json("/system")
+        except ServerError as exc:
+            if exc.status == 404:
+                raise ServerError(f"{self.url} has no /system route: it is not an Orthanc-compatible server") from exc
+            raise
+        if not isinstance(answer, dict) or ("ApiVersion" not in answer and "Version" not in answer):
+            raise ServerError(f"{self.url}/system is not Orthanc's answer: it is not an Orthanc-compatible server")
+        return answer
+
+    def upload(self, data: bytes) -> dict[str, Any]:
+        """`POST /instances` of one DICOM file: Orthanc's answer (`Status` is "Success" or
+        "AlreadyStored"). A refusal (bad file, full disk: 4xx/507) raises at once."""
+        answer = self.request("POST", "/instances", content=data)
+        try:
+            result = answer.json()
+        except ValueError as exc:
+            raise ServerError(f"{self.url}/instances did not answer JSON to an upload") from exc
+        if not isinstance(result, dict) or "ID" not in result:
+            raise ServerError(f"{self.url}/instances answered an upload without an instance ID")
+        return result
+
+    def instance_file(self, instance: str) -> bytes | None:
+        """The DICOM file of an instance, or None if the server no longer has it (404)."""
+        try:
+            return self.request("GET", f"/instances/{instance}/file").content
+        except ServerError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _orthanc_details(answer: httpx.Response) -> str:
+    """The most useful line of an Orthanc JSON error body (`Details`, else `Message`)."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return answer.text.strip().splitlines()[0][:200] if answer.text.strip() else ""
+    if isinstance(body, dict):
+        return str(body.get("Details") or body.get("Message") or "")
+    return ""

@@ -1,0 +1,160 @@
+"""The replication tools' REST client and state file: URLs with credentials, retries of transient
+failures against a real HTTP server, one-line refusals, and the atomic state file."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dicomvault.replication.client import OrthancClient, Retry, ServerError, ServerUrl
+from dicomvault.replication.state import StateError, load_state, save_state
+from tests.dicomgen import make_bytes
+from tests.servers import RunningServer
+
+Script = list[tuple[int, bytes]]
+Seen = list[tuple[str, str, str | None]]
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Script], tuple[str, Seen]]]:
+    """A real HTTP server answering each request with the next (status, body) of a script, then
+    200 `{}`; it records each request's method, path and Authorization header."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(script: Script) -> tuple[str, Seen]:
+        answers = list(script)
+        seen: Seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                seen.append((self.command, self.path, self.headers.get("Authorization")))
+                status, body = answers.pop(0) if answers else (200, b"{}")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}", seen
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _no_wait() -> Retry:
+    return Retry(attempts=4, first_delay_s=0.0, max_delay_s=0.0)
+
+
+def test_urls_carry_credentials_and_are_checked() -> None:
+    url = ServerUrl.parse("http://alice:s%40cret@host.example:8042/orthanc/")
+    assert (url.base, url.username, url.password) == ("http://host.example:8042/orthanc", "alice", "s@cret")
+    assert "s@cret" not in str(url)
+    assert ServerUrl.parse("https://[::1]:8443").base == "https://[::1]:8443"
+    for bad, said in (
+        ("localhost:8042", "not an http:// or https:// URL"),
+        ("ftp://host/", "not an http:// or https:// URL"),
+        ("http:///path", "has no host name"),
+        ("http://host:99999/", "invalid port"),
+    ):
+        with pytest.raises(ServerError, match=said):
+            ServerUrl.parse(bad)
+
+
+def test_transient_failures_are_retried(scripted: Callable[[Script], tuple[str, Seen]]) -> None:
+    url, seen = scripted(
+        [(503, b""), (500, b'{"Details": "Unable to create a subdirectory"}'), (200, b'{"Version": "x"}')]
+    )
+    slept: list[float] = []
+    with OrthancClient(url, retry=_no_wait(), sleep=slept.append) as client:
+        assert client.system() == {"Version": "x"}
+    assert len(slept) == 2 and [path for _, path, _ in seen] == ["/system"] * 3
+
+
+def test_retries_end_with_the_last_reason(scripted: Callable[[Script], tuple[str, Seen]]) -> None:
+    url, _ = scripted([(503, b'{"Details": "busy"}')] * 4)
+    with OrthancClient(url, retry=_no_wait(), sleep=lambda _: None) as client, pytest.raises(ServerError) as info:
+        client.system()
+    assert "HTTP 503: busy" in str(info.value) and info.value.transient
+
+
+def test_refusals_are_not_retried_and_say_what_to_do(scripted: Callable[[Script], tuple[str, Seen]]) -> None:
+    url, seen = scripted([(401, b""), (400, b'{"Details": "Cannot parse an invalid DICOM file"}'), (404, b"")])
+    with OrthancClient(url.replace("http://", "http://bob:pw@"), retry=_no_wait(), sleep=lambda _: None) as client:
+        with pytest.raises(ServerError, match="refused the credentials"):
+            client.system()
+        with pytest.raises(ServerError, match="HTTP 400: Cannot parse an invalid DICOM file") as info:
+            client.upload(b"junk")
+        assert not info.value.transient
+        with pytest.raises(ServerError, match="not an Orthanc-compatible server"):
+            client.system()
+    assert len(seen) == 3  # nothing retried
+
+
+def test_credentials_are_sent_as_basic_authentication(scripted: Callable[[Script], tuple[str, Seen]]) -> None:
+    url, seen = scripted([(200, b'{"ApiVersion": 1}')])
+    with OrthancClient(url.replace("http://", "http://alice:secret@")) as client:
+        client.system()
+    assert seen == [("GET", "/system", "Basic YWxpY2U6c2VjcmV0")]
+
+
+def test_unreachable_server() -> None:
+    with (
+        OrthancClient("http://127.0.0.1:9", retry=_no_wait(), sleep=lambda _: None) as client,
+        pytest.raises(ServerError, match=r"cannot reach http://127\.0\.0\.1:9") as info,
+    ):
+        client.system()
+    assert info.value.transient
+
+
+def test_against_dicomvault(running_server: Callable[..., RunningServer]) -> None:
+    srv = running_server(AuthenticationEnabled=True, RegisteredUsers={"alice": "secret"})
+    url = srv.url.replace("http://", "http://alice:secret@")
+    with OrthancClient(url) as client:
+        assert "ApiVersion" in client.system()
+        first = client.upload(make_bytes(seed=4))
+        assert first["Status"] == "Success"
+        assert client.upload(make_bytes(seed=4))["Status"] == "AlreadyStored"
+        assert client.instance_file(first["ID"]) == make_bytes(seed=4)
+        assert client.instance_file("00000000-00000000-00000000-00000000-00000000") is None
+    with (
+        OrthancClient(srv.url.replace("http://", "http://alice:wrong@")) as client,
+        pytest.raises(ServerError, match="refused the credentials"),
+    ):
+        client.system()
+
+
+def test_state_file_is_replaced_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    assert load_state(path) is None
+    save_state(path, {"cursor": 1})
+    save_state(path, {"cursor": 2})
+    assert load_state(path) == {"cursor": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left
+    path.write_text("{torn")
+    with pytest.raises(StateError, match="not valid JSON"):
+        load_state(path)
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(StateError, match="does not hold a state"):
+        load_state(path)
+    with pytest.raises(StateError, match="cannot write the state file"):
+        save_state(tmp_path / "missing-folder" / "state.json", {})
