@@ -121,5 +121,107 @@ def _run_upgrade(config_path: Path | None, backup: bool, progress: bool = True, 
     return EXIT_FAILURES if outcome.problems else EXIT_OK
 
 
+@main.command("import")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--to", "target", required=True, metavar="URL", help="Target server, e.g. http://user:password@host:8042/"
+)
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Parallel uploads.")
+@click.option("--resume", is_flag=True, help="Skip the files a previous run of the same import already sent.")
+@click.option("--state", type=click.Path(path_type=Path), help="State file of --resume (default: beside the command).")
+@click.option("--json", "json_report", is_flag=True, help="Print the final report as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--verbose", is_flag=True, help="Log at INFO level.")
+def import_command(
+    paths: tuple[Path, ...],
+    target: str,
+    workers: int,
+    resume: bool,
+    state: Path | None,
+    json_report: bool,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Send every DICOM file under PATH... (folders, zip files, Orthanc storage folders, compressed
+    or not) to the Orthanc-compatible server at URL."""
+    from dicomvault.replication.importer import run_import
+    from dicomvault.replication.options import ImportOptions
+
+    _setup_logging(verbose, False)
+    options = ImportOptions(paths, target, workers, resume, state, json_report, not no_progress)
+    sys.exit(run_import(options))
+
+
+@main.command("replicate")
+@click.argument("source", metavar="SRC")
+@click.argument("target", metavar="DST")
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Parallel copies.")
+@click.option("--follow", is_flag=True, help="Keep mirroring new instances until SIGINT/SIGTERM.")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.1, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between polls with --follow.",
+)
+@click.option("--propagate-deletes", is_flag=True, help="Delete at DST what was deleted at SRC.")
+@click.option("--copy-metadata", is_flag=True, help="Also copy user metadata, user attachments and labels.")
+@click.option("--study-date", metavar="A-B", help="Only studies of this DICOM date range (YYYYMMDD-YYYYMMDD).")
+@click.option("--modality", "modalities", multiple=True, metavar="M", help="Only series of this modality (repeatable).")
+@click.option(
+    "--resource", "resources", multiple=True, metavar="ID", help="Only this patient/study/series/instance (repeatable)."
+)
+@click.option("--state", type=click.Path(path_type=Path), help="State file (the source's /changes cursor).")
+@click.option("--verify", is_flag=True, help="Compare only, copy nothing: exit 0 when DST has everything of SRC.")
+@click.option("--md5", is_flag=True, help="With --verify: compare the MD5 of every file too.")
+@click.option("--json", "json_report", is_flag=True, help="Print the final report as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--verbose", is_flag=True, help="Log at INFO level.")
+def replicate_command(
+    source: str,
+    target: str,
+    workers: int,
+    follow: bool,
+    poll_interval: float,
+    propagate_deletes: bool,
+    copy_metadata: bool,
+    study_date: str | None,
+    modalities: tuple[str, ...],
+    resources: tuple[str, ...],
+    state: Path | None,
+    verify: bool,
+    md5: bool,
+    json_report: bool,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Copy every instance of the Orthanc-compatible server SRC to DST (resumable), or mirror it
+    with --follow, or compare the two with --verify."""
+    from dicomvault.replication.options import ReplicateOptions
+    from dicomvault.replication.replicator import run_replicate
+
+    _setup_logging(verbose, False)
+    if md5 and not verify:
+        raise click.UsageError("--md5 goes with --verify")
+    options = ReplicateOptions(
+        source=source,
+        target=target,
+        workers=workers,
+        follow=follow,
+        poll_interval_s=poll_interval,
+        propagate_deletes=propagate_deletes,
+        copy_metadata=copy_metadata,
+        study_date=study_date,
+        modalities=modalities,
+        resources=resources,
+        state=state,
+        verify=verify,
+        md5=md5,
+        json_report=json_report,
+        progress=not no_progress,
+    )
+    sys.exit(run_replicate(options))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

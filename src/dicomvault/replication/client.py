@@ -198,6 +198,59 @@ class OrthancClient:
                 return None
             raise
 
+    # ---------------------------------------------------------------- replication (logs, lists, deletions)
+
+    def instance_ids(self) -> list[str]:
+        """Every instance id, in one request: one read of the index, so that no instance is skipped
+        as paging with `since` (an offset in Orthanc 1.10.1) would when the list shifts meanwhile."""
+        answer = self.json("/instances")
+        if not isinstance(answer, list):
+            raise ServerError(f"{self.url}/instances did not answer a list of ids")
+        return [str(i) for i in answer]
+
+    def changes(self, since: int, limit: int) -> dict[str, Any]:
+        """One page of `/changes` (`Changes`, `Done`, `Last`)."""
+        answer = self.json("/changes", params={"since": since, "limit": limit})
+        if not isinstance(answer, dict) or not isinstance(answer.get("Changes"), list) or "Last" not in answer:
+            raise ServerError(f"{self.url}/changes is not Orthanc's answer: it is not an Orthanc-compatible server")
+        return answer
+
+    def last_change(self) -> int:
+        """The last `Seq` ever given by `/changes` (Orthanc 1.10.1 answers it as `Last` of an empty
+        page, even when the resource it was about is gone or the log was cleared)."""
+        return int(self.changes(0, 0)["Last"])
+
+    def delete_instance(self, instance: str) -> bool:
+        """`DELETE /instances/{id}`; False when the server did not have it."""
+        answer = self.request("DELETE", f"/instances/{instance}", ok_statuses=frozenset({200, 404}))
+        return answer.status_code == 200
+
+    def has_instance(self, instance: str) -> bool:
+        answer = self.request("GET", f"/instances/{instance}", ok_statuses=frozenset({200, 404}))
+        return answer.status_code == 200
+
+    def instance_md5(self, instance: str) -> str | None:
+        """MD5 of the uncompressed DICOM file (`/instances/{id}/attachments/dicom/md5`, answered by
+        Orthanc 1.10.1 and dicomvault alike), or None if the instance is gone."""
+        path = f"/instances/{instance}/attachments/dicom/md5"
+        answer = self.request("GET", path, ok_statuses=frozenset({200, 404}))
+        return answer.text.strip() if answer.status_code == 200 else None
+
+    def deleted_log(self, since: int, limit: int) -> dict[str, Any] | None:
+        """One page of dicomvault's deletion log (`/dicomvault/deleted`), or None when the server
+        has none (Orthanc answers 404 to the route)."""
+        path = "/dicomvault/deleted"
+        answer = self.request("GET", path, params={"since": since, "limit": limit}, ok_statuses=frozenset({200, 404}))
+        if answer.status_code == 404:
+            return None
+        try:
+            body = answer.json()
+        except ValueError as exc:
+            raise ServerError(f"{self.url}{path} did not answer JSON") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("Deleted"), list):
+            return None
+        return body
+
 
 def _reason(exc: httpx.TransportError) -> str:
     text = str(exc) or type(exc).__name__
