@@ -15,6 +15,7 @@ from dicomvault.ingest.pool import WorkerPool
 from dicomvault.server import Server, build
 from tests.differential import auth_pair, checked, pair, processes  # noqa: F401  (shared fixtures)
 from tests.servers import RunningServer
+from tests.upgrades import SmallDisk
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +79,21 @@ def running_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     yield factory
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[Path, int], SmallDisk]]:
+    """Mount small tmpfs disks (root only; the test is skipped elsewhere): real full disks and
+    read-only folders."""
+    if not SmallDisk.available():
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
+    disks: list[SmallDisk] = []
+
+    def factory(path: Path, size: int) -> SmallDisk:
+        disk = SmallDisk(path, size)
+        disks.append(disk)
+        return disk
+
+    yield factory
+    for disk in disks:
+        disk.close()

@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -283,22 +283,6 @@ def test_missing_and_damaged_files_are_reported(tmp_path: Path) -> None:
     assert "2 problems" in result.stdout
     assert _tree_hashes(storage) == files_before
     assert dicomvault("upgrade", config).stdout.strip().endswith("no upgrade needed")
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Callable[[Path, int], SmallDisk]]:
-    if not SmallDisk.available():
-        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
-    disks: list[SmallDisk] = []
-
-    def factory(path: Path, size: int) -> SmallDisk:
-        disk = SmallDisk(path, size)
-        disks.append(disk)
-        return disk
-
-    yield factory
-    for disk in disks:
-        disk.close()
 
 
 def _move_archive(source: Path, target: Path) -> Path:
