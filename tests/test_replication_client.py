@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +23,13 @@ Seen = list[tuple[str, str, str | None]]
 
 
 @pytest.fixture
-def scripted() -> Iterator[Callable[[Script], tuple[str, Seen]]]:
-    """A real HTTP server answering each request with the next (status, body) of a script, then
-    200 `{}`; it records each request's method, path and Authorization header."""
+def scripted() -> Iterator[Callable[..., tuple[str, Seen]]]:
+    """A real HTTP server (HTTPS with `tls=(cert, key)`) answering each request with the next
+    (status, body) of a script, then 200 `{}`; it records each request's method, path and
+    Authorization header."""
     servers: list[http.server.ThreadingHTTPServer] = []
 
-    def start(script: Script) -> tuple[str, Seen]:
+    def start(script: Script, tls: tuple[Path, Path] | None = None) -> tuple[str, Seen]:
         answers = list(script)
         seen: Seen = []
 
@@ -51,9 +54,14 @@ def scripted() -> Iterator[Callable[[Script], tuple[str, Seen]]]:
                 pass
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         servers.append(server)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{server.server_address[1]}", seen
+        scheme = "https" if tls else "http"
+        return f"{scheme}://127.0.0.1:{server.server_address[1]}", seen
 
     yield start
     for server in servers:
@@ -80,7 +88,7 @@ def test_urls_carry_credentials_and_are_checked() -> None:
             ServerUrl.parse(bad)
 
 
-def test_transient_failures_are_retried(scripted: Callable[[Script], tuple[str, Seen]]) -> None:
+def test_transient_failures_are_retried(scripted: Callable[..., tuple[str, Seen]]) -> None:
     url, seen = scripted(
         [(503, b""), (500, b'{"Details": "Unable to create a subdirectory"}'), (200, b'{"Version": "x"}')]
     )
@@ -90,14 +98,14 @@ def test_transient_failures_are_retried(scripted: Callable[[Script], tuple[str, 
     assert len(slept) == 2 and [path for _, path, _ in seen] == ["/system"] * 3
 
 
-def test_retries_end_with_the_last_reason(scripted: Callable[[Script], tuple[str, Seen]]) -> None:
+def test_retries_end_with_the_last_reason(scripted: Callable[..., tuple[str, Seen]]) -> None:
     url, _ = scripted([(503, b'{"Details": "busy"}')] * 4)
     with OrthancClient(url, retry=_no_wait(), sleep=lambda _: None) as client, pytest.raises(ServerError) as info:
         client.system()
     assert "HTTP 503: busy" in str(info.value) and info.value.transient
 
 
-def test_refusals_are_not_retried_and_say_what_to_do(scripted: Callable[[Script], tuple[str, Seen]]) -> None:
+def test_refusals_are_not_retried_and_say_what_to_do(scripted: Callable[..., tuple[str, Seen]]) -> None:
     url, seen = scripted([(401, b""), (400, b'{"Details": "Cannot parse an invalid DICOM file"}'), (404, b"")])
     with OrthancClient(url.replace("http://", "http://bob:pw@"), retry=_no_wait(), sleep=lambda _: None) as client:
         with pytest.raises(ServerError, match="refused the credentials"):
@@ -110,7 +118,7 @@ def test_refusals_are_not_retried_and_say_what_to_do(scripted: Callable[[Script]
     assert len(seen) == 3  # nothing retried
 
 
-def test_credentials_are_sent_as_basic_authentication(scripted: Callable[[Script], tuple[str, Seen]]) -> None:
+def test_credentials_are_sent_as_basic_authentication(scripted: Callable[..., tuple[str, Seen]]) -> None:
     url, seen = scripted([(200, b'{"ApiVersion": 1}')])
     with OrthancClient(url.replace("http://", "http://alice:secret@")) as client:
         client.system()
@@ -158,3 +166,32 @@ def test_state_file_is_replaced_atomically(tmp_path: Path) -> None:
         load_state(path)
     with pytest.raises(StateError, match="cannot write the state file"):
         save_state(tmp_path / "missing-folder" / "state.json", {})
+
+
+def test_https_with_a_private_certificate_authority(
+    tmp_path: Path, scripted: Callable[..., tuple[str, Seen]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """https:// URLs: an unknown certificate is refused with a clear line; trusted through a given
+    bundle (Python API) or SSL_CERT_FILE (the command line), the same server is used."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    url, seen = scripted([(200, b'{"ApiVersion": 16}')] * 3, tls=(cert, key))
+    assert url.startswith("https://")
+    slept: list[float] = []
+    with (
+        OrthancClient(url, retry=_no_wait(), sleep=slept.append) as client,
+        pytest.raises(ServerError, match="is not trusted .*CERTIFICATE_VERIFY_FAILED.*SSL_CERT_FILE"),
+    ):
+        client.system()
+    assert not slept  # not retried
+    with OrthancClient(url.replace("https://", "https://alice:pw@"), verify_tls=str(cert)) as client:
+        assert client.system() == {"ApiVersion": 16}
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with OrthancClient(url) as client:
+        assert client.system() == {"ApiVersion": 16}
+    assert seen[-2][2] == "Basic YWxpY2U6cHc="  # credentials travel inside TLS

@@ -14,7 +14,9 @@ the replication tools need it.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -86,7 +88,7 @@ class OrthancClient:
         timeout_s: float = 120.0,
         retry: Retry = Retry(),
         connections: int = 16,
-        verify_tls: bool = True,
+        verify_tls: bool | str = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = ServerUrl.parse(url)
@@ -96,7 +98,7 @@ class OrthancClient:
             auth=auth,
             timeout=timeout_s,
             transport=transport,
-            verify=verify_tls,
+            verify=_tls_verification(verify_tls),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             headers={"Accept-Encoding": "identity"},
         )
@@ -133,6 +135,11 @@ class OrthancClient:
             try:
                 answer = self._http.request(method, path, content=content, params=params)
             except httpx.TransportError as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # permanent: retrying cannot help
+                    raise ServerError(
+                        f"the TLS certificate of {self.url} is not trusted ({_reason(exc)}): "
+                        "point SSL_CERT_FILE at the bundle of its certificate authority"
+                    ) from exc
                 last = ServerError(f"cannot reach {self.url}: {_reason(exc)}", transient=True)
                 continue
             if answer.status_code in ok_statuses:
@@ -250,6 +257,20 @@ class OrthancClient:
         if not isinstance(body, dict) or not isinstance(body.get("Deleted"), list):
             return None
         return body
+
+
+def _tls_verification(verify: bool | str) -> bool | ssl.SSLContext:
+    """What https:// servers are trusted: the system's certificate authorities, those of the
+    bundle named by SSL_CERT_FILE (the usual variable, for a private CA), or of a given bundle."""
+    if verify is False:
+        return False
+    bundle = verify if isinstance(verify, str) else os.environ.get("SSL_CERT_FILE")
+    if bundle:
+        try:
+            return ssl.create_default_context(cafile=bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ServerError(f"cannot use the certificate bundle {bundle}: {exc}") from exc
+    return ssl.create_default_context()
 
 
 def _reason(exc: httpx.TransportError) -> str:
