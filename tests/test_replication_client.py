@@ -185,7 +185,7 @@ def test_https_with_a_private_certificate_authority(
     slept: list[float] = []
     with (
         OrthancClient(url, retry=_no_wait(), sleep=slept.append) as client,
-        pytest.raises(ServerError, match="is not trusted .*CERTIFICATE_VERIFY_FAILED.*SSL_CERT_FILE"),
+        pytest.raises(ServerError, match=r"is not trusted .*CERTIFICATE_VERIFY_FAILED.*SSL_CERT_FILE"),
     ):
         client.system()
     assert not slept  # not retried
