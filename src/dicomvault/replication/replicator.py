@@ -16,7 +16,7 @@ How the source is walked (and why):
   it again: cheap (two lists), and it copies only what is still missing.
 * Afterwards each run (or each `--follow` poll) reads `/changes?since=cursor`, copies the
   instances of `NewInstance` changes, and persists the cursor only up to the last change whose
-  instance and every earlier one is done (`walk.OrderedPipeline`), atomically (`state.py`): after a
+  instance and every earlier one is done (`copy_queue.OrderedPipeline`), atomically (`state.py`): after a
   kill, what follows the cursor is copied again and answered AlreadyStored, nothing is skipped.
 * A source whose `Last` went below the cursor got a new index: the comparison is done again.
 * Instances that failed (a refusal by the target, a source unreachable past the retries) are
