@@ -47,7 +47,8 @@ def test_import_into_a_target_whose_disk_fills_up(
     for name, data in originals.items():
         (folder / f"{name}.dcm").write_bytes(data)
     target = _full_target(tmp_path, running_server, small_disk)
-    result = dicomvault("import", folder, "--to", target.url, "--no-progress", "--workers", "2")
+    state = tmp_path / "import-state.json"
+    result = dicomvault("import", folder, "--to", target.url, "--no-progress", "--workers", "2", "--state", state)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "HTTP 507: no space left on the storage area" in result.stdout + result.stderr
     stored = _only_complete_instances(target, originals)
