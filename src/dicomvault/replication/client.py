@@ -98,7 +98,8 @@ class OrthancClient:
             auth=auth,
             timeout=timeout_s,
             transport=transport,
-            verify=_tls_verification(verify_tls),
+            # Plain http:// needs no TLS context (building one costs ~20 ms of start-up).
+            verify=_tls_verification(verify_tls) if self.url.base.startswith("https://") else False,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             headers={"Accept-Encoding": "identity"},
         )

@@ -11,7 +11,9 @@ AlreadyStored).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -36,12 +38,29 @@ class Outcome:
     reason: str = ""
 
 
-def copy_instance(source: OrthancClient, target: OrthancClient, instance: str) -> Outcome:
+@dataclass(frozen=True)
+class Gates:
+    """How many downloads and how many uploads may run at once. With twice as many threads as
+    uploads, the next files are downloaded while `uploads` uploads keep the target busy (one
+    thread doing both in turn leaves the target idle during every download)."""
+
+    downloads: threading.Semaphore
+    uploads: threading.Semaphore
+
+    @classmethod
+    def of(cls, workers: int) -> Gates:
+        return cls(threading.Semaphore(workers), threading.Semaphore(workers))
+
+
+def copy_instance(source: OrthancClient, target: OrthancClient, instance: str, gates: Gates | None = None) -> Outcome:
     """Download one instance from `source` and upload it to `target`. Transient errors were
     already retried by the clients; what is left is an outcome, logged at warning level when the
     instance could not be copied."""
+    download = gates.downloads if gates is not None else contextlib.nullcontext()
+    upload = gates.uploads if gates is not None else contextlib.nullcontext()
     try:
-        data = source.instance_file(instance)
+        with download:
+            data = source.instance_file(instance)
     except ServerError as exc:
         logger.warning("instance %s not copied: cannot download it from the source: %s", instance, exc)
         return Outcome(instance, FAILED, reason=f"download: {exc}")
@@ -49,7 +68,8 @@ def copy_instance(source: OrthancClient, target: OrthancClient, instance: str) -
         logger.warning("instance %s was deleted from the source %s meanwhile: skipped", instance, source.url)
         return Outcome(instance, VANISHED)
     try:
-        answer = target.upload(data)
+        with upload:
+            answer = target.upload(data)
     except ServerError as exc:
         logger.warning("instance %s not copied: the target refused it: %s", instance, exc)
         return Outcome(instance, FAILED, len(data), f"upload: {exc}")

@@ -79,6 +79,9 @@ class ImportJob:
         self.stop = threading.Event()
         self.stop_reason = ""
         self._lock = threading.Lock()
+        # At most `workers` uploads at once; the importer runs twice as many threads, so files are
+        # read and classified while `workers` uploads keep the target busy.
+        self._uploads = threading.Semaphore(options.workers)
         # Instances seen with PixelData, as 20-byte digests (a million of them stay ~60 MB).
         self._with_pixels: set[bytes] = set()
         self._deferred: dict[str, list[tuple[_Source, bool]]] = {}  # instance id -> (source, header_only)
@@ -189,7 +192,8 @@ class ImportJob:
 
     def _upload(self, label: str, payload: bytes, pixelless: bool) -> None:
         try:
-            answer = self.client.upload(payload)
+            with self._uploads:
+                answer = self.client.upload(payload)
         except ServerError as exc:
             if exc.status in (None, 401, 403):
                 self._halt(str(exc))

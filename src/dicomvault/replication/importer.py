@@ -1,7 +1,8 @@
 """`dicomvault import PATH... --to URL`: send every DICOM file found under folders, zip files and
 Orthanc storage folders (compressed or not) to an Orthanc-compatible server over its REST API.
 
-Files are read, classified (`classify`) and uploaded (`import_job`) by `workers` threads sharing
+Files are read, classified (`classify`) and uploaded (`import_job`) by 2 x `workers` threads, at most
+`workers` uploads at a time, sharing
 one `OrthancClient`. Pixel-less DICOM files wait for the end of the import (see `classify`): sent only
 when no complete file of the same instance turned up. Progress is persisted (`import_walk.Progress`)
 so that `--resume` skips what an interrupted run already did. A file the target refuses is a failure
@@ -93,7 +94,7 @@ def import_paths(
     own_client = client is None
     if client is None:
         try:
-            client = OrthancClient(options.target, connections=max(options.workers, 1))
+            client = OrthancClient(options.target, connections=options.workers + 2)
         except ServerError as exc:
             raise UsageError(str(exc)) from exc
     try:
@@ -165,11 +166,12 @@ def _save(path: Path, snapshot: dict[str, Any]) -> bool:
 
 def _run(job: ImportJob, roots: tuple[Path, ...], state_path: Path, save_interval_s: float) -> None:
     options = job.options
-    window = 2 * options.workers  # bounded: memory, and the progress's out-of-order set, stay small
+    window = 4 * options.workers  # bounded: memory, and the progress's out-of-order set, stay small
     last_save = time.monotonic()
     with (
         _bar(options.progress, roots, job) as bar,
-        concurrent.futures.ThreadPoolExecutor(options.workers, thread_name_prefix="import") as executor,
+        # Twice the workers: reading and classifying overlap `workers` uploads (ImportJob's gate).
+        concurrent.futures.ThreadPoolExecutor(2 * options.workers, thread_name_prefix="import") as executor,
     ):
         in_flight: set[concurrent.futures.Future[None]] = set()
 

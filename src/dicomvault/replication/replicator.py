@@ -49,6 +49,7 @@ from dicomvault.replication.copy_queue import (
     COPIED,
     FAILED,
     SKIPPED,
+    Gates,
     OrderedPipeline,
     Outcome,
     copy_instance,
@@ -96,10 +97,10 @@ def replicate(
     Selection.of(options)  # a usage error before any request
     owned: list[OrthancClient] = []
     if source is None:
-        source = OrthancClient(options.source, connections=options.workers + 2)
+        source = OrthancClient(options.source, connections=2 * options.workers + 2)
         owned.append(source)
     if target is None:
-        target = OrthancClient(options.target, connections=options.workers + 2)
+        target = OrthancClient(options.target, connections=2 * options.workers + 2)
         owned.append(target)
     try:
         for client, role in ((source, "source"), (target, "target")):
@@ -153,6 +154,7 @@ class _Run:
         self.selection = Selection.of(options)
         self.matcher = None if self.selection is None else Matcher(self.selection, source)
         self.deletions = DeletionMirror(source, target, self.state, self.path) if options.propagate_deletes else None
+        self.gates = Gates.of(options.workers)
 
     def _load(self) -> dict[str, Any]:
         state = load_state(self.path)
@@ -178,7 +180,8 @@ class _Run:
         # Failures of earlier runs are retried by this one (and reported again if they fail again).
         self.tally.failures.update(self.state.get("failed") or {})
         with (
-            ThreadPoolExecutor(max_workers=self.options.workers) as pool,
+            # Twice the workers: `workers` uploads in flight while the next files download.
+            ThreadPoolExecutor(max_workers=2 * self.options.workers) as pool,
             _progress(self.options.progress, "replicating") as bar,
         ):
             self.pool = pool
@@ -321,7 +324,7 @@ class _Run:
         return Outcome(instance, ALREADY_STORED)
 
     def _copy(self, instance: str) -> Outcome:
-        outcome = copy_instance(self.source, self.target, instance)
+        outcome = copy_instance(self.source, self.target, instance, self.gates)
         if self.options.copy_metadata and outcome.kind in (COPIED, ALREADY_STORED):
             problem = copy_extras(self.source, self.target, instance)
             if problem is not None:
@@ -357,8 +360,8 @@ def run_replicate(options: ReplicateOptions) -> int:
     SIGINT/SIGTERM stop the run cleanly, cursor saved."""
     try:
         Selection.of(options)
-        source = OrthancClient(options.source, connections=options.workers + 2)
-        target = OrthancClient(options.target, connections=options.workers + 2)
+        source = OrthancClient(options.source, connections=2 * options.workers + 2)
+        target = OrthancClient(options.target, connections=2 * options.workers + 2)
     except (ServerError, SelectionError) as exc:
         print(f"dicomvault replicate: {exc}", file=sys.stderr)
         return EXIT_USAGE
