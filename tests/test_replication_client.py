@@ -180,7 +180,9 @@ def test_https_with_a_private_certificate_authority(
         check=True,
         capture_output=True,
     )  # fmt: skip
-    url, seen = scripted([(200, b'{"ApiVersion": 16}')] * 3, tls=(cert, key))
+    url, seen = scripted(
+        [(200, b'{"ApiVersion": 16}')] * 2 + [(200, b'{"ID": "x", "Status": "Success"}')], tls=(cert, key)
+    )
     assert url.startswith("https://")
     slept: list[float] = []
     with (
@@ -192,6 +194,8 @@ def test_https_with_a_private_certificate_authority(
     with OrthancClient(url.replace("https://", "https://alice:pw@"), verify_tls=str(cert)) as client:
         assert client.system() == {"ApiVersion": 16}
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    with OrthancClient(url) as client:
+    with OrthancClient(url.replace("https://", "https://bob:pw@")) as client:
         assert client.system() == {"ApiVersion": 16}
-    assert seen[-2][2] == "Basic YWxpY2U6cHc="  # credentials travel inside TLS
+        assert client.upload(b"DICM")["ID"] == "x"  # the bulk connections speak TLS too
+    assert seen[-3][2] == "Basic YWxpY2U6cHc="  # credentials travel inside TLS
+    assert seen[-1][:2] == ("POST", "/instances") and seen[-1][2] == "Basic Ym9iOnB3"

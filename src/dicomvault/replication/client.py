@@ -13,15 +13,19 @@ the replication tools need it.
 
 from __future__ import annotations
 
+import base64
+import http.client
+import json
 import logging
 import os
 import random
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -80,6 +84,96 @@ class Retry:
         return random.uniform(0, min(self.max_delay_s, self.first_delay_s * 2**attempt))
 
 
+class Answer(Protocol):
+    """What callers read of an HTTP answer (an httpx.Response or a `_BulkAnswer`)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def text(self) -> str: ...
+    def json(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _BulkAnswer:
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _BulkConnections:
+    """The bulk transfers (a DICOM file down, a DICOM file up) on the standard library's
+    `http.client`, one keep-alive connection per thread: measured here at 0.2-0.3 ms of CPU per
+    525 KB request against ~0.8 ms through httpx, and the replication tools share the machine
+    with both servers. Everything else goes through httpx."""
+
+    def __init__(self, url: ServerUrl, tls: ssl.SSLContext | None, timeout_s: float) -> None:
+        parts = urllib.parse.urlsplit(url.base)
+        self._host = parts.hostname or ""
+        self._port = parts.port
+        self._prefix = parts.path
+        self._tls = tls
+        self._timeout = timeout_s
+        self._headers = {"Accept-Encoding": "identity"}
+        if url.username is not None:
+            token = base64.b64encode(f"{url.username}:{url.password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._tls is not None:
+                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._tls)
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def send(self, method: str, path: str, body: bytes | None) -> _BulkAnswer:
+        # A kept-alive connection the server closed meanwhile fails on reuse: once, on a new one.
+        for fresh in (False, True):
+            conn = self._connection()
+            try:
+                conn.request(method, self._prefix + path, body=body, headers=self._headers)
+                response = conn.getresponse()
+                data = response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._drop(conn)
+                if fresh:
+                    raise
+                continue
+            except BaseException:
+                self._drop(conn)
+                raise
+            if response.will_close:
+                self._drop(conn)
+            return _BulkAnswer(response.status, data)
+        raise AssertionError("unreachable")
+
+    def _drop(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+        self._local.conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
 class OrthancClient:
     def __init__(
         self,
@@ -93,21 +187,29 @@ class OrthancClient:
     ) -> None:
         self.url = ServerUrl.parse(url)
         auth = (self.url.username or "", self.url.password or "") if self.url.username is not None else None
+        # Plain http:// needs no TLS context (building one costs ~20 ms of start-up).
+        tls = _tls_verification(verify_tls) if self.url.base.startswith("https://") else None
         self._http = httpx.Client(
             base_url=self.url.base,
             auth=auth,
             timeout=timeout_s,
             transport=transport,
-            # Plain http:// needs no TLS context (building one costs ~20 ms of start-up).
-            verify=_tls_verification(verify_tls) if self.url.base.startswith("https://") else False,
+            verify=tls if tls is not None else False,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             headers={"Accept-Encoding": "identity"},
         )
+        # An injected transport (an in-process server) carries every request, bulk ones too.
+        bulk_tls = None
+        if self.url.base.startswith("https://"):
+            bulk_tls = tls if isinstance(tls, ssl.SSLContext) else _unverified_tls()
+        self._bulk = None if transport is not None else _BulkConnections(self.url, bulk_tls, timeout_s)
         self._retry = retry
         self._sleep = sleep
 
     def close(self) -> None:
         self._http.close()
+        if self._bulk is not None:
+            self._bulk.close()
 
     def __enter__(self) -> OrthancClient:
         return self
@@ -124,18 +226,24 @@ class OrthancClient:
         content: bytes | None = None,
         params: Mapping[str, str | int] | None = None,
         ok_statuses: frozenset[int] = frozenset({200}),
-    ) -> httpx.Response:
+        bulk: bool = False,
+    ) -> Answer:
         """One request, retried while the failure is transient; an answer whose status is not in
-        `ok_statuses` raises `ServerError` (4xx at once, 5xx after the retries)."""
+        `ok_statuses` raises `ServerError` (4xx at once, 5xx after the retries). `bulk`: a DICOM
+        file transfer, sent on the cheaper connections (`_BulkConnections`)."""
         last: ServerError | None = None
         for attempt in range(self._retry.attempts):
             if attempt:
                 delay = self._retry.delay(attempt)
                 logger.info("%s %s%s: %s; retrying in %.1f s", method, self.url, path, last, delay)
                 self._sleep(delay)
+            answer: Answer
             try:
-                answer = self._http.request(method, path, content=content, params=params)
-            except httpx.TransportError as exc:
+                if bulk and self._bulk is not None and params is None:
+                    answer = self._bulk.send(method, path, content)
+                else:
+                    answer = self._http.request(method, path, content=content, params=params)
+            except (httpx.TransportError, OSError, http.client.HTTPException) as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # permanent: retrying cannot help
                     raise ServerError(
                         f"the TLS certificate of {self.url} is not trusted ({_reason(exc)}): "
@@ -151,7 +259,7 @@ class OrthancClient:
         assert last is not None
         raise last
 
-    def _refusal(self, method: str, path: str, answer: httpx.Response) -> ServerError:
+    def _refusal(self, method: str, path: str, answer: Answer) -> ServerError:
         status = answer.status_code
         if status == 401:
             return ServerError(f"{self.url} refused the credentials (HTTP 401): check user:password in the URL", 401)
@@ -188,7 +296,7 @@ class OrthancClient:
     def upload(self, data: bytes) -> dict[str, Any]:
         """`POST /instances` of one DICOM file: Orthanc's answer (`Status` is "Success" or
         "AlreadyStored"). A refusal (bad file, full disk: 4xx/507) raises at once."""
-        answer = self.request("POST", "/instances", content=data)
+        answer = self.request("POST", "/instances", content=data, bulk=True)
         try:
             result = answer.json()
         except ValueError as exc:
@@ -200,7 +308,7 @@ class OrthancClient:
     def instance_file(self, instance: str) -> bytes | None:
         """The DICOM file of an instance, or None if the server no longer has it (404)."""
         try:
-            return self.request("GET", f"/instances/{instance}/file").content
+            return self.request("GET", f"/instances/{instance}/file", bulk=True).content
         except ServerError as exc:
             if exc.status == 404:
                 return None
@@ -274,12 +382,20 @@ def _tls_verification(verify: bool | str) -> bool | ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _reason(exc: httpx.TransportError) -> str:
+def _unverified_tls() -> ssl.SSLContext:
+    """TLS without certificate checks (`verify_tls=False`, asked for explicitly)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
 
 
-def _orthanc_details(answer: httpx.Response) -> str:
+def _orthanc_details(answer: Answer) -> str:
     """The most useful line of an Orthanc JSON error body (`Details`, else `Message`)."""
     try:
         body = answer.json()
