@@ -151,3 +151,30 @@ def test_find_tags_are_what_a_find_reading_the_file_sees(encoding: str) -> None:
         assert dict(parsed.find_tags) == expected
         seen |= set(expected)
     assert len(seen) >= 8  # the corpora exercise most of the list
+
+
+def test_identify_instance_agrees_with_parse_instance() -> None:
+    """The client-side identification (import's classifier) gives the same public id and pixel
+    presence as the full parse, over every corpus, deflated and pixel-less files included."""
+    from dicomvault.dicom.parsing import identify_instance
+    from tests.differential_cases import CORPUS
+    from tests.find_corpus import FIND_CORPUS
+    from tests.fixtures.generate_fixture import files
+
+    corpus = [item.data for item in CORPUS + FIND_CORPUS] + files()
+    no_pixels = make_dataset(Spec(seed=8))
+    del no_pixels.PixelData
+    for ds in (no_pixels,):
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        corpus.append(buffer.getvalue())
+    for data in corpus:
+        parsed = parse_instance(data)
+        identity = identify_instance(data)
+        assert identity.instance_id == parsed.instance_id
+        assert identity.transfer_syntax in ("", parsed.transfer_syntax)
+        if parsed.transfer_syntax != "1.2.840.10008.1.2.1.99":
+            assert identity.has_pixel_data == (parsed.pixel_data_offset is not None)
+    assert not identify_instance(corpus[-1]).has_pixel_data
+    with pytest.raises(DicomVaultError):
+        identify_instance(b"not dicom at all" * 20)

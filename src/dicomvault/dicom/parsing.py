@@ -139,6 +139,52 @@ def parse_instance(raw: bytes, default_encoding: str = "Latin1") -> ParsedInstan
     )
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who an instance is and whether its file holds pixel data: what a client sorting files needs,
+    without the validation and indexing work of `parse_instance` (the receiving server does that)."""
+
+    instance_id: str
+    transfer_syntax: str
+    has_pixel_data: bool
+
+
+# PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID: what a public id hashes.
+_IDENTIFIERS = (0x00100020, 0x0020000D, 0x0020000E, 0x00080018)
+
+
+def identify_instance(raw: bytes) -> Identity:
+    """The public id of the instance in `raw` and whether pixel data follows its header (for a
+    deflated file: whether the inflated data set has it). `BAD_FILE_FORMAT` if it is not DICOM or
+    lacks a UID, as `parse_instance` would say."""
+    if not raw:
+        raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
+    stream = io.BytesIO(raw)
+    has_header = len(raw) >= _PREAMBLE + 4 and raw[_PREAMBLE : _PREAMBLE + 4] == b"DICM"
+    try:
+        ds = pydicom.dcmread(stream, stop_before_pixels=True, force=not has_header)
+        stop_offset = stream.tell()
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if has_header else ""
+        charset = ds._character_set
+        encodings = [charset] if isinstance(charset, str) else list(charset)
+        keys = [_string(ds, tag, encodings) for tag in _IDENTIFIERS]
+    except DicomVaultError:
+        raise
+    except Exception as exc:
+        raise DicomVaultError(
+            ErrorCode.BAD_FILE_FORMAT, f"Cannot parse an invalid DICOM file (size: {len(raw)} bytes)"
+        ) from exc
+    patient, study, series, sop = keys
+    if not study or not series or not sop:
+        raise DicomVaultError(ErrorCode.INEXISTENT_TAG, "Missing a UID (study, series or SOP instance) in the file")
+    if transfer_syntax == _DEFLATED:
+        # The stream position is in the inflated data: read it all once to know.
+        has_pixels = _PIXEL_DATA in read_dataset(raw, stop_before_pixels=False)
+    else:
+        has_pixels = _PIXEL_DATA in ds or _starts_pixel_data(raw, stop_offset, ds)
+    return Identity(public_id(patient or "", study, series, sop), transfer_syntax, has_pixels)
+
+
 def _starts_pixel_data(raw: bytes, offset: int, ds: Dataset) -> bool:
     if offset + 4 > len(raw):
         return False

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from dicomvault.dicom.parsing import parse_instance, read_dataset
+from dicomvault.dicom.parsing import identify_instance, read_dataset
 from dicomvault.errors import DicomVaultError
 from dicomvault.storage.accessor import decompress_zlib_with_size
 
@@ -39,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _DICM_OFFSET = 128
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_PIXEL_DATA = 0x7FE00010
 _SIZE_HEADER = struct.Struct("<Q")
 # zlib cannot expand more than ~1032:1; a "zlib with size" header announcing more is not one.
 _ZLIB_MAX_RATIO = 1100
@@ -120,19 +118,15 @@ def _looks_zlib_with_size(data: bytes) -> bool:
 
 
 def _dicom(data: bytes, claimed: bool) -> Classified:
+    # Who the instance is and whether it has pixels; validating the file is the target's job (it
+    # answers 400 with its reason), so the cheaper identification is enough here.
     try:
-        parsed = parse_instance(data)
+        identity = identify_instance(data)
     except DicomVaultError as exc:
         if claimed:
             return Classified(Kind.INVALID, reason=f"damaged DICOM file: {exc}")
         return Classified(Kind.OTHER, reason="not DICOM, not an Orthanc attachment")
-    has_pixels = parsed.pixel_data_offset is not None
-    if not has_pixels and parsed.transfer_syntax == _DEFLATED:
-        # The parser's offset refers to the inflated stream: look at the whole data set instead.
-        try:
-            has_pixels = _PIXEL_DATA in read_dataset(data, stop_before_pixels=False)
-        except DicomVaultError:
-            has_pixels = False
+    has_pixels = identity.has_pixel_data
     header_only = False
     if not has_pixels:
         try:
@@ -141,7 +135,7 @@ def _dicom(data: bytes, claimed: bool) -> Classified:
         except DicomVaultError:
             header_only = False
     return Classified(
-        Kind.DICOM, payload=data, instance_id=parsed.instance_id, has_pixel_data=has_pixels, header_only=header_only
+        Kind.DICOM, payload=data, instance_id=identity.instance_id, has_pixel_data=has_pixels, header_only=header_only
     )
 
 
