@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import sys
@@ -50,7 +49,7 @@ from bench.replication_copy import (
     sequential_import,
 )
 from bench.replication_report import METHODS, SCENARIOS, cpu_lines, ratios, rows
-from bench.servers import DicomVault, Orthanc, Server, load_average, machine, remove_tree
+from bench.servers import DicomVault, Orthanc, Server, load_average, machine, remove_tree, write_results
 from bench.upgrade import first
 from bench.upgrade_report import summarize, table
 from dicomvault.cli import import_command, replicate_command
@@ -262,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "problems": problems,
         "rounds": rounds,
     }
-    out = args.out or Path(tempfile.gettempdir()) / f"dicomvault-bench-replication-{started:%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = write_results(args.out, "dicomvault-bench-replication", started, results)
     print()
     print(
         f"dicomvault replicate / import: {plan.ct} CT slices ({results['plan']['ct_mb']} MB), {plan.rounds} round(s), "

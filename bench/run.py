@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import shutil
 import signal
@@ -48,6 +47,7 @@ from bench.servers import (
     process_tree,
     remove_tree,
     tree_cpu,
+    write_results,
 )
 
 logger = logging.getLogger("bench")
@@ -380,8 +380,7 @@ def run_and_report(args: argparse.Namespace, plan: Plan, run_rounds: RunRounds, 
         "answer_mismatches": mismatches,
         "rounds": rounds,
     }
-    out = args.out or Path(tempfile.gettempdir()) / f"{described.prefix}-{started:%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = write_results(args.out, described.prefix, started, results)
     print()
     print(
         f"{described.title}: {sizes.ct} CT slices, {sizes.tiny} tiny instances over {sizes.tiny_studies} "

@@ -246,6 +246,15 @@ def load_average() -> list[float]:
     return [float(x) for x in (_read("/proc/loadavg") or "0 0 0").split()[:3]]
 
 
+def write_results(out: Path | None, prefix: str, started: Any, results: dict[str, Any]) -> Path:
+    """Write a benchmark's results as JSON to `out`, or to a dated file in the temporary folder."""
+    import tempfile
+
+    path = out or Path(tempfile.gettempdir()) / f"{prefix}-{started:%Y%m%dT%H%M%S}.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
 def machine(load_before: list[float], **extra: Any) -> dict[str, Any]:
     """The "machine" record of a benchmark's results: cores, load before and after, Python."""
     import platform

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import sqlite3
@@ -40,7 +39,7 @@ from tests.orthanc import OrthancServer, orthanc_available
 from tests.upgrades import make_schema1
 
 from bench import data, run
-from bench.servers import DicomVault, Orthanc, Server, load_average, machine, machine_cpu, remove_tree
+from bench.servers import DicomVault, Orthanc, Server, load_average, machine, machine_cpu, remove_tree, write_results
 from bench.upgrade_report import ROWS, adoption_rows, cpu_lines, summarize, table
 from dicomvault.config import Config, config_from_mapping, load_config
 from dicomvault.errors import DicomVaultError
@@ -388,8 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "problems": problems,
         "rounds": rounds,
     }
-    out = args.out or Path(tempfile.gettempdir()) / f"dicomvault-bench-upgrade-{started:%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = write_results(args.out, "dicomvault-bench-upgrade", started, results)
     print()
     print(
         f"dicomvault upgrade and Orthanc 1.10.1 adoption: {plan.instances} tiny instances, {plan.ct} CT slices, "
