@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.orthanc import orthanc_available
 
 from bench import data, dicom_load, run
 from bench.dicom_load import FindQuery
 from bench.report import Metric
-from bench.servers import BENCH_AET, Server
+from bench.servers import BENCH_AET, Server, bench_prologue
 
 logger = logging.getLogger("bench")
 
@@ -168,9 +167,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if not orthanc_available():
-        logger.error("/usr/sbin/Orthanc is missing: install Debian's orthanc package (scripts/setup.sh --test)")
+    if not bench_prologue():
         return 2
     missing = [tool for tool in ("storescu", "echoscu") if shutil.which(tool) is None]
     if missing:

@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.orthanc import orthanc_available
-
 from bench import data, load
 from bench.dicom_load import FileSet, export_files
 from bench.replication_copy import (
@@ -49,7 +47,7 @@ from bench.replication_copy import (
     sequential_import,
 )
 from bench.replication_report import METHODS, SCENARIOS, cpu_lines, ratios, rows
-from bench.servers import DicomVault, Orthanc, Server, load_average, machine, remove_tree, write_results
+from bench.servers import DicomVault, Orthanc, Server, bench_prologue, load_average, machine, remove_tree, write_results
 from bench.upgrade import first
 from bench.upgrade_report import summarize, table
 from dicomvault.cli import import_command, replicate_command
@@ -218,9 +216,7 @@ def plan_from_arguments(args: argparse.Namespace) -> ReplicationPlan:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if not orthanc_available():
-        logger.error("/usr/sbin/Orthanc is missing: install Debian's orthanc package (scripts/setup.sh --test)")
+    if not bench_prologue():
         return 2
     plan = plan_from_arguments(args)
     started = datetime.datetime.now(datetime.UTC)

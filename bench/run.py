@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.orthanc import orthanc_available
 
 from bench import data, load, report
 from bench.servers import (
@@ -41,6 +40,7 @@ from bench.servers import (
     MemorySampler,
     Orthanc,
     Server,
+    bench_prologue,
     load_average,
     machine,
     machine_cpu,
@@ -398,9 +398,7 @@ def run_and_report(args: argparse.Namespace, plan: Plan, run_rounds: RunRounds, 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if not orthanc_available():
-        logger.error("/usr/sbin/Orthanc is missing: install Debian's orthanc package (scripts/setup.sh --test)")
+    if not bench_prologue():
         return 2
     plan = plan_from_arguments(args, QUICK_PLAN, FULL_PLAN)
     profiler = profiler_from_arguments(args)

@@ -246,6 +246,22 @@ def load_average() -> list[float]:
     return [float(x) for x in (_read("/proc/loadavg") or "0 0 0").split()[:3]]
 
 
+def bench_prologue() -> bool:
+    """What every benchmark command does first: log warnings with the time, and check that the
+    reference Orthanc is installed (False, with the instruction logged, when it is not)."""
+    import logging
+
+    from tests.orthanc import orthanc_available
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not orthanc_available():
+        logging.getLogger("bench").error(
+            "/usr/sbin/Orthanc is missing: install Debian's orthanc package (scripts/setup.sh --test)"
+        )
+        return False
+    return True
+
+
 def write_results(out: Path | None, prefix: str, started: Any, results: dict[str, Any]) -> Path:
     """Write a benchmark's results as JSON to `out`, or to a dated file in the temporary folder."""
     import tempfile

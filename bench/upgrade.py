@@ -35,11 +35,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.orthanc import OrthancServer, orthanc_available
+from tests.orthanc import OrthancServer
 from tests.upgrades import make_schema1
 
 from bench import data, run
-from bench.servers import DicomVault, Orthanc, Server, load_average, machine, machine_cpu, remove_tree, write_results
+from bench.servers import (
+    DicomVault,
+    Orthanc,
+    Server,
+    bench_prologue,
+    load_average,
+    machine,
+    machine_cpu,
+    remove_tree,
+    write_results,
+)
 from bench.upgrade_report import ROWS, adoption_rows, cpu_lines, summarize, table
 from dicomvault.config import Config, config_from_mapping, load_config
 from dicomvault.errors import DicomVaultError
@@ -347,13 +357,11 @@ def plan_from_arguments(args: argparse.Namespace) -> UpgradePlan:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not bench_prologue():
+        return 2
     # The upgrade's own log lines (adopting, re-reading, done) would interleave with the progress
     # lines; what matters is checked and printed here. Errors still show.
     logging.getLogger("dicomvault").setLevel(logging.ERROR)
-    if not orthanc_available():
-        logger.error("/usr/sbin/Orthanc is missing: install Debian's orthanc package (scripts/setup.sh --test)")
-        return 2
     plan = plan_from_arguments(args)
     started = datetime.datetime.now(datetime.UTC)
     load_before = load_average()
