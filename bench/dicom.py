@@ -34,8 +34,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench import data, dicom_load, run
 from bench.dicom_load import FindQuery
 from bench.report import Metric
@@ -115,20 +113,7 @@ class DicomBench(run.Bench):
         logs = self.workdir / "storescu" / f"{server.name}-{name}"
         load = partial(dicom_load.store, files, associations, HOST, server.dicom_port, BENCH_AET, server.aet, logs)
         record = self._timed(server, name, load)
-        record["rate"] = round(record["requests"] / record["seconds"], 2)
-        record["mb_per_s"] = round(record["bytes"] / 1e6 / record["seconds"], 2)
-        count = httpx.get(server.url + "/statistics", timeout=60).json()["CountInstances"]
-        record["stored"] = count
-        if count != files.count or record["failures"]:
-            logger.error(
-                "%s %s: %d failures, %d instances stored of %d sent (%s)",
-                server.name,
-                name,
-                record["failures"],
-                count,
-                files.count,
-                record.get("first_failure", "storescu reported no error"),
-            )
+        self._check_stored(server, name, record, files.count, "storescu reported no error")
         if associations == 1 and record["rate"] < _NAGLE_SUSPECT_RATE:
             logger.warning(
                 "%s %s: %.1f inst/s over one association looks paced by Nagle's algorithm: does the server set "

@@ -181,22 +181,26 @@ class Bench:
 
     def _ingest(self, server: Server, pack: data.Pack, clients: int, name: str) -> dict[str, Any]:
         record = self._timed(server, name, partial(load.ingest, self.client, server.url, pack, clients))
+        self._check_stored(server, name, record, pack.count, "")
+        logger.warning("  %-10s %-14s %8.1f inst/s", server.name, name, record["rate"])
+        return record
+
+    def _check_stored(self, server: Server, name: str, record: dict[str, Any], expected: int, no_failure: str) -> None:
+        """Add the rates and the count the server holds to an ingest's record; log what is missing."""
         record["rate"] = round(record["requests"] / record["seconds"], 2)
         record["mb_per_s"] = round(record["bytes"] / 1e6 / record["seconds"], 2)
         count = httpx.get(server.url + "/statistics", timeout=60).json()["CountInstances"]
         record["stored"] = count
-        if count != pack.count or record["failures"]:
+        if count != expected or record["failures"]:
             logger.error(
-                "%s %s: %d failures, %d instances stored of %d (%s)",
+                "%s %s: %d failures, %d instances stored of %d sent (%s)",
                 server.name,
                 name,
                 record["failures"],
                 count,
-                pack.count,
-                record.get("first_failure", ""),
+                expected,
+                record.get("first_failure", no_failure),
             )
-        logger.warning("  %-10s %-14s %8.1f inst/s", server.name, name, record["rate"])
-        return record
 
     def _download(self, server: Server) -> dict[str, Any]:
         ids = httpx.get(server.url + "/instances", timeout=60).json()
