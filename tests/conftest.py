@@ -1,5 +1,9 @@
 """Shared fixtures: configurations in temporary folders, in-process servers (one worker-process
-pool per test session), servers over a real socket (the `dicomvault serve` command), and ports."""
+pool per test session), servers over a real socket (the `dicomvault serve` command), and ports.
+
+The index contract: a test module marked `pytest.mark.contract` runs every test that uses
+`make_config` (hence `make_server`, `server`, `client`) once per index backend, SQLite and PostgreSQL
+(a throwaway cluster per test session and xdist worker, a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from dicomvault.config import Config, config_from_mapping
 from dicomvault.ingest.pool import WorkerPool
 from dicomvault.server import Server, build
 from tests.differential import auth_pair, checked, pair, processes  # noqa: F401  (shared fixtures)
+from tests.postgres import PostgresCluster
+from tests.s3 import SeaweedS3
 from tests.servers import RunningServer
 from tests.upgrades import SmallDisk
 
@@ -25,14 +31,62 @@ def worker_pool() -> Iterator[WorkerPool]:
     pool.shutdown()
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "index_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("contract"):
+        metafunc.parametrize("index_backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of this test session (this xdist worker), started on first use."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Config]:
+def index_backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def postgres_database(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A new, empty database of the session's cluster."""
+    name = postgres_cluster.new_database()
+    yield name
+    postgres_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """A real S3 server (SeaweedFS) for the session (per xdist worker); `s3_server.section()` gives
+    an `AwsS3Storage` section with a fresh RootPath."""
+    server = SeaweedS3()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, index_backend: str, request: pytest.FixtureRequest) -> Callable[..., Config]:
+    index_section: dict[str, Any] = {}
+    if index_backend == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        index_section = {"PostgreSQL": cluster.section(request.getfixturevalue("postgres_database"))}
+
     def factory(**overrides: Any) -> Config:
         data: dict[str, Any] = {
             "StorageDirectory": str(tmp_path / "storage"),
             "IndexDirectory": str(tmp_path / "storage"),
             "HttpPort": 0,
             "DicomPort": 0,
+            **index_section,
         }
         data.update(overrides)
         return config_from_mapping(data, source="<test>")

@@ -32,6 +32,8 @@ from dicomvault.server import Server
 from tests.dicomgen import Spec, make_bytes
 from tests.servers import RunningServer
 
+pytestmark = pytest.mark.contract
+
 PATIENT, STUDY, SERIES = ResourceType.PATIENT, ResourceType.STUDY, ResourceType.SERIES
 
 

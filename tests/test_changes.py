@@ -22,6 +22,8 @@ from dicomvault.model import ResourceRef
 from dicomvault.server import Server
 from tests.dicomgen import Spec, make_bytes
 
+pytestmark = pytest.mark.contract
+
 TIMESTAMP = re.compile(r"^\d{8}T\d{6}$")
 
 

@@ -38,6 +38,8 @@ from tests.dicomnet import (
 from tests.find_corpus import FIND_CORPUS
 from tests.orthanc import OrthancServer, missing_orthanc_reason, orthanc_available
 
+pytestmark = pytest.mark.contract
+
 DOE_STUDY = pydicom.dcmread(io.BytesIO(FIND_CORPUS[0].data)).StudyInstanceUID
 DOE_CT_SERIES = pydicom.dcmread(io.BytesIO(FIND_CORPUS[0].data)).SeriesInstanceUID
 

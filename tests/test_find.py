@@ -24,6 +24,8 @@ from dicomvault.model import FileInfo
 from dicomvault.server import Server
 from tests.find_corpus import FIND_CORPUS, FIND_IDS
 
+pytestmark = pytest.mark.contract
+
 ID = FIND_IDS
 
 

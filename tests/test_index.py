@@ -1,15 +1,17 @@
-"""The SQLite index: hierarchy creation, AlreadyStored, overwrite, deletion rules, the deletion
-log, the grouping writer's isolation of failures, and the refusals at open."""
+"""The index contract, on every backend (SQLite and PostgreSQL): hierarchy creation, AlreadyStored,
+overwrite, deletion rules, the deletion log, the grouping writer's isolation of failures; and the
+SQLite file's refusals at open (PostgreSQL's are in test_postgresql.py)."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from dicomvault.config import Config
 from dicomvault.dicom.parsing import parse_instance
 from dicomvault.enums import (
     ChangeType,
@@ -20,6 +22,7 @@ from dicomvault.enums import (
     ResourceType,
 )
 from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.index.backends import open_backend
 from dicomvault.index.database import Index
 from dicomvault.index.sqlite import INDEX_FILENAME, SQLiteBackend
 from dicomvault.index.transactions import WriteTx
@@ -47,9 +50,12 @@ def _store(
     return outcome.stored, info
 
 
+pytestmark = pytest.mark.contract
+
+
 @pytest.fixture
-def index(tmp_path: Path) -> Iterator[Index]:
-    idx = Index(SQLiteBackend(tmp_path))
+def index(make_config: Callable[..., Config]) -> Iterator[Index]:
+    idx = Index(open_backend(make_config()))
     yield idx
     idx.close()
 
@@ -149,9 +155,11 @@ def test_failed_write_in_a_group_is_isolated(index: Index) -> None:
     assert index.read(lambda tx: tx.global_property(GlobalProperty.FLUSH_SLEEP)) is None
 
 
-def test_second_process_on_same_index_is_refused(tmp_path: Path, index: Index) -> None:
+def test_second_process_on_same_index_is_refused(tmp_path: Path) -> None:
+    first = Index(SQLiteBackend(tmp_path))
     with pytest.raises(DicomVaultError) as info:
         SQLiteBackend(tmp_path)
+    first.close()
     assert info.value.code is ErrorCode.DATABASE_UNAVAILABLE
     assert "in use by another dicomvault process" in str(info.value)
 

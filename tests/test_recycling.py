@@ -6,11 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
 from dicomvault.dicom.parsing import public_id as patient_public_id
 from dicomvault.server import Server
 from tests.dicomgen import Spec, make_bytes
+
+pytestmark = pytest.mark.contract
 
 
 def _client(server: Server) -> TestClient:

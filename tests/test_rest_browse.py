@@ -10,6 +10,8 @@ from starlette.testclient import TestClient
 
 from tests.dicomgen import Spec, make_bytes
 
+pytestmark = pytest.mark.contract
+
 PATIENT_KEYS = {"ID", "IsStable", "LastUpdate", "MainDicomTags", "Studies", "Type"}
 STUDY_KEYS = {
     "ID",

@@ -17,6 +17,8 @@ from dicomvault.server import Server
 from dicomvault.storage.accessor import decompress_zlib_with_size, md5_hex
 from tests.dicomgen import make_bytes
 
+pytestmark = pytest.mark.contract
+
 INSTANCE_1 = "889deaac-20f18edc-8e6fde36-ada71019-aab6861d"
 PATIENT_1 = "40048daa-ea797422-2c5d7c48-ee36c45c-83ed8e7b"
 STUDY_1 = "4e16caa3-61ada511-9ca4cef3-9a76a871-a9005480"

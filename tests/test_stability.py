@@ -21,6 +21,8 @@ from dicomvault.model import ResourceRef
 from dicomvault.server import Server, build
 from tests.dicomgen import Spec, make_bytes
 
+pytestmark = pytest.mark.contract
+
 START = 1_780_000_000.25  # 2026-05-28T20:26:40.25Z
 
 

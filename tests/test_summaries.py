@@ -26,6 +26,8 @@ from dicomvault.server import Server
 from tests.dicomgen import Spec, make_bytes, make_dataset
 from tests.differential_cases import CORPUS, to_bytes
 
+pytestmark = pytest.mark.contract
+
 UNKNOWN = "00000000-00000000-00000000-00000000-00000000"
 
 

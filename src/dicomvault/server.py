@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 from dicomvault.config import Config
 from dicomvault.context import ServerContext
 from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.index.backends import open_backend, postgresql_settings
 from dicomvault.index.database import Index
 from dicomvault.index.migrations import SchemaVersionError
 from dicomvault.index.recycling import StorageLimits, enforce
-from dicomvault.index.sqlite import INDEX_FILENAME, SQLiteBackend
+from dicomvault.index.sqlite import INDEX_FILENAME
 from dicomvault.index.transactions import WriteTx
 from dicomvault.ingest.pool import WorkerPool
 from dicomvault.ingest.stability import StabilityMonitor
@@ -51,6 +52,8 @@ class StartupRefused(DicomVaultError):
 
 
 def _check_not_orthanc_only(config: Config, config_label: str) -> None:
+    if postgresql_settings(config) is not None:
+        return  # the index is not a file in IndexDirectory
     ours = config.index_directory / INDEX_FILENAME
     orthanc = config.index_directory / ORTHANC_INDEX_FILENAME
     if orthanc.is_file() and not ours.exists():
@@ -176,7 +179,7 @@ def build(
     )
     accessor = StorageAccessor(area, policy)
     try:
-        index = Index(SQLiteBackend(config.index_directory))
+        index = Index(open_backend(config))
     except SchemaVersionError as exc:
         raise StartupRefused(exc.code, exc.describe(config_label or config.source)) from exc
     except DicomVaultError as exc:

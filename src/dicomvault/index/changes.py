@@ -44,10 +44,10 @@ def as_int32(value: int) -> int:
     return value - _UINT32 if value >= _INT32 else value
 
 
-def _sql_limit(limit: int) -> int:
-    """The `LIMIT` Orthanc binds for a page of `limit` entries (-1: no limit in SQL)."""
+def _sql_limit(tx: ReadTx, limit: int) -> int | None:
+    """The `LIMIT` Orthanc binds for a page of `limit` entries (or the backend's "no limit")."""
     fetch = (limit + 1) % _UINT32
-    return -1 if fetch >= _INT32 else fetch
+    return tx.dialect.no_limit if fetch >= _INT32 else fetch
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,9 @@ def _page(rows: Sequence[Any], limit: int, make: Callable[[Any], T]) -> Page[T]:
 
 
 def _sequence_value(tx: ReadTx, table: str) -> int:
-    """The highest `seq` ever given in `table` (AUTOINCREMENT never reuses one), even if its rows
-    were deleted since. The one backend-specific query of this module: SQLite keeps this number in
-    `sqlite_sequence`; a PostgreSQL backend reads its sequence instead."""
-    row = tx.fetch_one("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+    """The highest `seq` ever given in `table` (never reused), even if its rows were deleted since:
+    SQLite keeps it in `sqlite_sequence`, the PostgreSQL backend in its `Sequences` table."""
+    row = tx.fetch_one(*tx.dialect.sequence_value_sql(table))
     return int(row[0]) if row is not None else 0
 
 
@@ -105,7 +104,7 @@ def _change(row: Sequence[Any]) -> Change:
 def changes(tx: ReadTx, since: int, limit: int) -> Page[Change]:
     rows = tx.fetch_all(
         f"SELECT {_CHANGE_COLUMNS} FROM {_CHANGE_FROM} WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
-        (since, _sql_limit(limit)),
+        (since, _sql_limit(tx, limit)),
     )
     return _page(rows, limit, _change)
 
@@ -219,7 +218,7 @@ def _export(row: Sequence[Any]) -> ExportedResource:
 def exports(tx: ReadTx, since: int, limit: int) -> Page[ExportedResource]:
     rows = tx.fetch_all(
         f"SELECT {_EXPORT_COLUMNS} FROM ExportedResources WHERE seq > ? ORDER BY seq LIMIT ?",
-        (since, _sql_limit(limit)),
+        (since, _sql_limit(tx, limit)),
     )
     return _page(rows, limit, _export)
 

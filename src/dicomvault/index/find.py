@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicomvault.dicom.main_tags import MAIN_TAGS
 from dicomvault.enums import ResourceType
+from dicomvault.index.dialect import Dialect
 from dicomvault.model import ResourceRef
 
 if TYPE_CHECKING:
@@ -116,46 +117,48 @@ def like_pattern(value: str) -> str:
     return "".join(out)
 
 
-def _bind(value: str, params: list[Any]) -> str:
+def _bind(value: str, params: list[Any], dialect: Dialect) -> str:
     """A placeholder for a value. A value that is not valid UTF-8 (bytes of a request body kept as
     surrogate escapes) is bound as its bytes, compared byte for byte as Orthanc's SQLite does."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         try:
-            params.append(value.encode("utf-8", "surrogateescape"))
+            raw = value.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
-            params.append(value.encode("utf-8", "surrogatepass"))
-        return "CAST(? AS TEXT)"
+            raw = value.encode("utf-8", "surrogatepass")
+        return dialect.bind_bytes(raw, params)
     params.append(value)
     return "?"
 
 
-def _comparison(column: str, c: DatabaseConstraint, params: list[Any]) -> str | None:
+def _comparison(column: str, c: DatabaseConstraint, params: list[Any], dialect: Dialect) -> str | None:
     """The SQL condition of one constraint (None: only the presence of the row counts).
 
-    Orthanc writes `lower(value) = lower(?)` for case-insensitive comparisons; `COLLATE NOCASE`
-    folds exactly the same characters (ASCII letters only, as SQLite's `lower()`) and lets
-    SQLite use the index on `value COLLATE NOCASE`. SQLite's LIKE ignores ASCII case anyway."""
+    Orthanc writes `lower(value) = lower(?)` for case-insensitive comparisons; SQLite's `COLLATE
+    NOCASE` folds exactly the same characters (ASCII letters only, as SQLite's `lower()`) and lets
+    SQLite use the index on `value COLLATE NOCASE` (`index/dialect.py` says it for each backend).
+    LIKE ignores ASCII case: the matching step applies the case rules afterwards."""
     if c.comparison is Comparison.WILDCARD:
         if c.values[0] == "*":
             return None
-        return f"{column} LIKE {_bind(like_pattern(c.values[0]), params)} ESCAPE '\\'"
-    seekable = not c.identifier  # MainDicomTags has an index on `value COLLATE NOCASE` only
+        return dialect.like_nocase(column, _bind(like_pattern(c.values[0]), params, dialect))
+    seekable = not c.identifier  # MainDicomTags has a case-insensitive index on value only
     if c.comparison is Comparison.LIST:
-        marks = ", ".join(_bind(v, params) for v in c.values)
+        marks = [_bind(v, params, dialect) for v in c.values]
         if not c.case_sensitive:
-            return f"{column} COLLATE NOCASE IN ({marks})"
+            return dialect.nocase_in(column, marks)
         if not seekable:
-            return f"{column} IN ({marks})"
-        again = ", ".join(_bind(v, params) for v in c.values)
-        return f"({column} COLLATE NOCASE IN ({marks}) AND {column} IN ({again}))"
+            return f"{column} IN ({', '.join(marks)})"
+        again = ", ".join(_bind(v, params, dialect) for v in c.values)
+        return f"({dialect.nocase_in(column, marks)} AND {column} IN ({again}))"
     op = c.comparison.value
-    mark = _bind(c.values[0], params)
+    mark = _bind(c.values[0], params, dialect)
     if not c.case_sensitive:
-        return f"{column} {op} {mark} COLLATE NOCASE"
+        return dialect.nocase_compare(column, op, mark)
     if seekable and c.comparison is Comparison.EQUAL:
-        return f"({column} = {mark} COLLATE NOCASE AND {column} = {_bind(c.values[0], params)})"
+        again = _bind(c.values[0], params, dialect)
+        return f"({dialect.nocase_compare(column, '=', mark)} AND {column} = {again})"
     return f"{column} {op} {mark}"
 
 
@@ -163,7 +166,8 @@ class _Clauses:
     """Joins and conditions being built, each with its parameters (joins come first in the
     statement, then conditions)."""
 
-    def __init__(self, first_alias: int = 0) -> None:
+    def __init__(self, dialect: Dialect, first_alias: int = 0) -> None:
+        self.dialect = dialect
         self.joins: list[str] = []
         self.join_params: list[Any] = []
         self.where: list[str] = []
@@ -204,7 +208,7 @@ class _Clauses:
 
     def _condition(self, alias: str, c: DatabaseConstraint) -> None:
         params: list[Any] = []
-        condition = _comparison(f"{alias}.value", c, params)
+        condition = _comparison(f"{alias}.value", c, params, self.dialect)
         if condition is not None:
             self.where.append(condition if c.mandatory else f"({alias}.value IS NULL OR {condition})")
             self.where_params += params
@@ -234,10 +238,10 @@ def _descendant_joins(level: ResourceType, deepest: ResourceType) -> list[str]:
     ]
 
 
-def _lower_levels(level: ResourceType, lower: Sequence[DatabaseConstraint]) -> tuple[str, list[Any]]:
+def _lower_levels(dialect: Dialect, level: ResourceType, lower: Sequence[DatabaseConstraint]) -> tuple[str, list[Any]]:
     """EXISTS over one chain of descendants satisfying every lower-level constraint (Orthanc
     joins one row per level, so they all hold on the same series, the same instance)."""
-    clauses = _Clauses(first_alias=100)
+    clauses = _Clauses(dialect, first_alias=100)
     for c in lower:
         clauses.constrain(_ALIASES[c.level], c)
     child = _ALIASES[ResourceType(level + 1)]
@@ -283,6 +287,7 @@ def _id_of(level: ResourceType, k: ResourceType) -> str:
 
 
 def _candidate_sql(
+    dialect: Dialect,
     level: ResourceType,
     constraints: Sequence[DatabaseConstraint],
     chain: Sequence[ResourceType],
@@ -302,10 +307,11 @@ def _candidate_sql(
         for k in range(level - 1, top - 1, -1)
     ]
     driver = _driver(level, constraints)
-    clauses = _Clauses()
+    clauses = _Clauses(dialect)
     if driver is not None:
         clauses.constrain(me, driver, driver=True)
-        start = f"{'DicomIdentifiers' if driver.identifier else 'MainDicomTags'} t0 CROSS JOIN Resources {me} "
+        table = "DicomIdentifiers" if driver.identifier else "MainDicomTags"
+        start = f"{table} t0 {dialect.forced_join} Resources {me} "
         start += f"ON {me}.internalId = t0.id"
     else:
         start = f"Resources {me}"
@@ -323,7 +329,7 @@ def _candidate_sql(
     where = [*clauses.where, f"{me}.resourceType = ?"]
     where_params = [*clauses.where_params, int(level)]
     if lower and not join_lower:
-        exists, exists_params = _lower_levels(level, lower)
+        exists, exists_params = _lower_levels(dialect, level, lower)
         where.append(exists)
         where_params += exists_params
     columns = [f"{me}.internalId", f"{me}.publicId", *(_id_of(level, k) for k in chain)]
@@ -357,7 +363,7 @@ def iter_candidates(
     `database_limit` (0: none) keeps the resources of the first rows of Orthanc's SQL, in creation
     order. `chain` lists the levels whose related resource ids each candidate needs, `values` the
     tags whose stored value it needs (tag -> the levels that store it, the first one winning)."""
-    statement = _candidate_sql(level, constraints, chain, values or {}, join_lower=database_limit > 0)
+    statement = _candidate_sql(tx.dialect, level, constraints, chain, values or {}, join_lower=database_limit > 0)
     by_id = level is ResourceType.INSTANCE
     chain_columns = list(enumerate(statement.chain, start=2))
     value_columns = list(enumerate(statement.values, start=2 + len(statement.chain)))

@@ -12,12 +12,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dicomvault.dicom.parsing import ParsedInstance
 from dicomvault.enums import GlobalProperty
 from dicomvault.errors import DicomVaultError, ErrorCode
+from dicomvault.index.dialect import SQLITE, Dialect
 from dicomvault.index.schema import SCHEMA_1_DDL, SCHEMA_2_DDL, SCHEMA_3_DDL, SCHEMA_PATCH_LEVEL, SCHEMA_VERSION
+from dicomvault.index.schema_postgresql import PG_SCHEMA_1_DDL, PG_SCHEMA_2_DDL
 from dicomvault.index.transactions import WriteTx
+
+if TYPE_CHECKING:
+    from dicomvault.index.transactions import Executor
 
 # Fills what a re-reading migration adds for one instance, from its re-parsed file.
 Reread = Callable[[WriteTx, int, ParsedInstance], None]
@@ -27,8 +33,12 @@ Reread = Callable[[WriteTx, int, ParsedInstance], None]
 class Migration:
     target: int  # the schema version this migration produces
     description: str
-    ddl: str
+    ddl: str  # SQLite's
     reread: Reread | None = None
+    postgresql_ddl: str | None = None  # None: the same SQL as SQLite's
+
+    def ddl_for(self, dialect: Dialect) -> str:
+        return self.ddl if dialect.name == "sqlite" or self.postgresql_ddl is None else self.postgresql_ddl
 
 
 def _fill_instance_tags(tx: WriteTx, internal_id: int, parsed: ParsedInstance) -> None:
@@ -36,7 +46,13 @@ def _fill_instance_tags(tx: WriteTx, internal_id: int, parsed: ParsedInstance) -
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(2, "index the find tags of every instance (InstanceTags)", SCHEMA_2_DDL, _fill_instance_tags),
+    Migration(
+        2,
+        "index the find tags of every instance (InstanceTags)",
+        SCHEMA_2_DDL,
+        _fill_instance_tags,
+        postgresql_ddl=PG_SCHEMA_2_DDL,
+    ),
     Migration(3, "store the change types with Orthanc's numbers", SCHEMA_3_DDL),
 )
 assert [m.target for m in MIGRATIONS] == list(range(2, SCHEMA_VERSION + 1)), "migrations must be numbered 2..N"
@@ -97,23 +113,37 @@ def split_sql(script: str) -> list[str]:
     return statements
 
 
-def create_schema(conn: sqlite3.Connection, version: int = SCHEMA_VERSION) -> None:
+def run_ddl(executor: Executor, ddl: str, dialect: Dialect) -> None:
+    """Run a DDL script inside the caller's transaction. PostgreSQL takes a whole script at once
+    (its function bodies hold `;`); SQLite one statement at a time."""
+    if dialect.name == "sqlite":
+        for statement in split_sql(ddl):
+            executor.execute(statement)
+    elif ddl.strip():
+        executor.execute(ddl)
+
+
+def create_schema_in(executor: Executor, version: int, dialect: Dialect) -> None:
     """Create the tables of schema `version` (1..SCHEMA_VERSION) in an empty database and record
-    the version, in one transaction: schema 1's DDL, then each migration's DDL up to `version`. An
-    empty index needs no re-reading, so a new index is created at the current version directly."""
+    the version, inside the caller's transaction: schema 1's DDL, then each migration's DDL up to
+    `version`. An empty index needs no re-reading, so a new index is created at the current
+    version directly."""
     if not 1 <= version <= SCHEMA_VERSION:
         raise ValueError(f"no schema version {version}")
+    run_ddl(executor, SCHEMA_1_DDL if dialect.name == "sqlite" else PG_SCHEMA_1_DDL, dialect)
+    for migration in MIGRATIONS:
+        if migration.target <= version:
+            run_ddl(executor, migration.ddl_for(dialect), dialect)
+    tx = WriteTx(executor, dialect)
+    tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, str(version))
+    tx.set_global_property(GlobalProperty.DATABASE_PATCH_LEVEL, str(SCHEMA_PATCH_LEVEL))
+
+
+def create_schema(conn: sqlite3.Connection, version: int = SCHEMA_VERSION) -> None:
+    """SQLite: `create_schema_in` in a transaction of its own."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in split_sql(SCHEMA_1_DDL):
-            conn.execute(statement)
-        for migration in MIGRATIONS:
-            if migration.target <= version:
-                for statement in split_sql(migration.ddl):
-                    conn.execute(statement)
-        tx = WriteTx(conn)
-        tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, str(version))
-        tx.set_global_property(GlobalProperty.DATABASE_PATCH_LEVEL, str(SCHEMA_PATCH_LEVEL))
+        create_schema_in(conn, version, SQLITE)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

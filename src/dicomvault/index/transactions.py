@@ -2,7 +2,8 @@
 
 `ReadTx` only reads; `WriteTx` extends it with writes, so a read path cannot write by accident.
 Both wrap a DB-API cursor-like `execute(sql, params)`; placeholders are `?` (the PostgreSQL
-backend translates them). Operations here never open transactions: `Index.read/write` own them.
+backend translates them) and the few differences between backends go through `tx.dialect`
+(`index/dialect.py`). Operations here never open transactions: `Index.read/write` own them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dicomvault.enums import (
     MetadataType,
     ResourceType,
 )
+from dicomvault.index.dialect import SQLITE, Dialect
 from dicomvault.index.find import add_identifiers
 from dicomvault.model import FileInfo, ResourceRef
 
@@ -89,8 +91,9 @@ _FILE_COLUMNS = "fileType, uuid, compressedSize, uncompressedSize, compressionTy
 
 
 class ReadTx:
-    def __init__(self, cur: Executor) -> None:
+    def __init__(self, cur: Executor, dialect: Dialect = SQLITE) -> None:
         self._cur = cur
+        self.dialect = dialect
 
     # The query primitives, for the operations of this module and of the other index modules
     # (one module per concept: metadata, changes, find...). SQL uses `?` placeholders.
@@ -180,7 +183,7 @@ class ReadTx:
         params: list[Any] = [int(level)]
         if limit is not None or since > 0:
             sql += " LIMIT ? OFFSET ?"
-            params += [limit if limit is not None else -1, since]
+            params += [limit if limit is not None else self.dialect.no_limit, since]
         return [ResourceRef(level, pid, int(iid)) for iid, pid in self.fetch_all(sql, params)]
 
     # -- tags, metadata, attachments -----------------------------------------------------------
@@ -259,13 +262,11 @@ class WriteTx(ReadTx):
         self._cur.execute("INSERT INTO GlobalProperties(property, value) VALUES (?, ?)", (int(prop), value))
 
     def _insert_resource(self, level: ResourceType, public_id: str, parent: int | None) -> int:
-        self._cur.execute(
-            "INSERT INTO Resources(resourceType, publicId, parentId) VALUES (?, ?, ?)",
+        row = self._cur.execute(
+            "INSERT INTO Resources(resourceType, publicId, parentId) VALUES (?, ?, ?) RETURNING internalId",
             (int(level), public_id, parent),
-        )
-        ref = self.lookup(public_id)
-        assert ref is not None
-        return ref.internal_id
+        ).fetchone()
+        return int(row[0])
 
     def set_metadata(self, internal_id: int, mtype: int, value: str) -> None:
         """Create or replace a metadata value (revision back to 0). One upsert statement, valid in
