@@ -39,6 +39,7 @@ from dicomvault.index.dialect import POSTGRESQL
 from dicomvault.index.migrations import SchemaVersionError, create_schema_in
 from dicomvault.index.schema import SCHEMA_VERSION, parse_version
 from dicomvault.index.transactions import ReadTx, WriteTx
+from dicomvault.index.writer import CommitUncertain
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ class PostgreSQLSettings:
             try:
                 parsed = psycopg.conninfo.conninfo_to_dict(str(uri))
             except psycopg.ProgrammingError as exc:
+                reason = str(exc).strip()
                 raise DicomVaultError(
-                    ErrorCode.BAD_PARAMETER_TYPE, f'PostgreSQL "ConnectionUri" is not a valid connection string: {exc}'
+                    ErrorCode.BAD_PARAMETER_TYPE, f'PostgreSQL "ConnectionUri" is not a valid connection string: {reason}'
                 ) from None
             params = {**params, **parsed}
         else:
@@ -129,12 +131,6 @@ def unavailable(label: str, exc: BaseException) -> DicomVaultError:
 def _is_transient(exc: BaseException) -> bool:
     """A conflict that re-running the whole transaction resolves."""
     return isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
-
-
-class CommitUncertain(DicomVaultError):
-    """The connection was lost while COMMIT was on its way: the transaction may or may not have
-    been committed. Files written for it must be kept (an orphan is harmless, a row pointing at a
-    removed file would be corruption)."""
 
 
 class _Cursor:
@@ -297,7 +293,7 @@ class PostgreSQLBackend:
             check=ConnectionPool.check_connection,
             name="dicomvault-readers",
             open=True,
-            timeout=30.0,
+            timeout=5.0,
         )
         self._closed = threading.Event()
 

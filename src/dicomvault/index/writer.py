@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from dicomvault.errors import DicomVaultError
 from dicomvault.index.transactions import WriteTx
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ class WriteSession(Protocol):
     def rollback(self) -> None: ...
     def is_serialization_failure(self, exc: BaseException) -> bool: ...
     def close(self) -> None: ...
+
+
+class CommitUncertain(DicomVaultError):
+    """The database connection was lost while COMMIT was on its way: the writes may or may not be
+    committed. Files written for them must be kept (an orphan file is harmless, a row pointing at a
+    removed file would be corruption)."""
 
 
 @dataclass

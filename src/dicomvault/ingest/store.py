@@ -22,6 +22,7 @@ from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.database import Index
 from dicomvault.index.recycling import StorageLimits
 from dicomvault.index.transactions import CreateOutcome, WriteTx
+from dicomvault.index.writer import CommitUncertain
 from dicomvault.ingest.pool import WorkerPool
 from dicomvault.ingest.worker import Prepared, StorageSettings
 from dicomvault.model import FileInfo, StoreResult, StoreStatus
@@ -139,6 +140,11 @@ class Ingest:
         prepared = self._workers.prepare(raw, self._settings)
         try:
             outcome = self._index.write(self._index_write(prepared, origin))
+        except CommitUncertain:
+            logger.warning(
+                "instance %s: file %s kept, the index may hold it", prepared.parsed.instance_id, prepared.file.uuid
+            )
+            raise
         except BaseException:
             self._discard(prepared.file)
             raise
