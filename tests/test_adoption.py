@@ -733,6 +733,8 @@ def test_verify_storage_reports_missing_unreadable_and_damaged_files(
     storage = _copy_storage(inst, tmp_path)
     adopt_orthanc(storage / "index", storage / "dicomvault.db")
     accessor = _accessor(storage)
+    area = accessor.area
+    assert isinstance(area, FilesystemStorageArea)
     clean = verify_storage(storage / "dicomvault.db", accessor, check_md5=True)
     assert clean.ok, clean.render()
     assert clean.instances == len(inst.instances) and clean.dicom_files == len(inst.instances)
@@ -744,14 +746,14 @@ def test_verify_storage_reports_missing_unreadable_and_damaged_files(
             "WHERE a.fileType = 1 ORDER BY a.id"
         ).fetchall()
     (missing_id, missing), (short_id, short), (flipped_id, flipped), (odd_id, odd) = rows[:4]
-    accessor.area.path(missing).unlink()
-    with open(accessor.area.path(short), "r+b") as f:
+    area.path(missing).unlink()
+    with open(area.path(short), "r+b") as f:
         f.truncate(10)
-    data = bytearray(accessor.area.path(flipped).read_bytes())
+    data = bytearray(area.path(flipped).read_bytes())
     data[-1] ^= 0xFF
-    accessor.area.path(flipped).write_bytes(bytes(data))
-    accessor.area.path(odd).unlink()
-    accessor.area.path(odd).mkdir()  # a folder where the file should be: cannot be read as one
+    area.path(flipped).write_bytes(bytes(data))
+    area.path(odd).unlink()
+    area.path(odd).mkdir()  # a folder where the file should be: cannot be read as one
     report = verify_storage(storage / "dicomvault.db", accessor)
     found = {(p.kind, p.public_id, p.uuid) for p in report.problems}
     assert (MISSING, missing_id, missing) in found

@@ -29,6 +29,7 @@ from dicomvault.find.archive import file_name, folder_name, unique
 from dicomvault.index.transactions import ReadTx
 from dicomvault.ingest.delete import Deleter
 from dicomvault.server import Server
+from dicomvault.storage.area import FilesystemStorageArea
 from tests.dicomgen import Spec, make_bytes
 from tests.servers import RunningServer
 
@@ -324,7 +325,9 @@ def test_file_missing_while_indexed_ends_the_answer_unfinished(
 ) -> None:
     ct1 = two_patients["ct1"]
     uuid = server.context.index.read(lambda tx: _file_uuid(tx, ct1["ID"]))
-    server.context.accessor.area.path(uuid).unlink()
+    area = server.context.accessor.area
+    assert isinstance(area, FilesystemStorageArea)
+    area.path(uuid).unlink()
     with caplog.at_level(logging.ERROR, logger="dicomvault.find.archive"):
         streamed = run_asgi(server.app(), f"/series/{ct1['ParentSeries']}/archive")
     assert streamed.status == 200 and not streamed.complete
@@ -340,7 +343,9 @@ def test_corrupted_compressed_file_ends_the_answer_unfinished(
     with TestClient(server.app(), client=("127.0.0.1", 50000)) as client:  # type: ignore[arg-type]
         ids = upload(client, seed=11, rows=64, columns=64)
     uuid = server.context.index.read(lambda tx: _file_uuid(tx, ids["ID"]))
-    path = server.context.accessor.area.path(uuid)
+    area = server.context.accessor.area
+    assert isinstance(area, FilesystemStorageArea)
+    path = area.path(uuid)
     path.write_bytes(path.read_bytes()[:-40])
     with caplog.at_level(logging.ERROR, logger="dicomvault.find.archive"):
         streamed = run_asgi(server.app(), f"/series/{ids['ParentSeries']}/archive")

@@ -111,3 +111,32 @@ def test_policy_change_keeps_old_files_readable(tmp_path: Path) -> None:
 def test_md5_can_be_disabled(tmp_path: Path) -> None:
     info = StorageAccessor(FilesystemStorageArea(tmp_path), CompressionPolicy(store_md5=False)).write(b"x", 1)
     assert info.uncompressed_md5 == "" and info.compressed_md5 == ""
+
+
+def test_writers_and_removers_sharing_a_folder_never_fail(tmp_path: Path) -> None:
+    """Two writers (threads here, processes on a shared storage folder in production) whose files
+    land in the same `xx/yy` folder: one's removal prunes the folder the other is writing into.
+    Forced by giving every uuid the same first four characters."""
+    import threading
+    import uuid as uuidlib
+
+    area = FilesystemStorageArea(tmp_path, fsync=False)
+    failures: list[BaseException] = []
+
+    def churn() -> None:
+        for _ in range(2000):
+            uuid = "abcd" + str(uuidlib.uuid4())[4:]
+            try:
+                area.create(uuid, b"x" * 100)
+                assert area.read(uuid) == b"x" * 100
+                area.remove(uuid)
+            except BaseException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=churn) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert list(area.iter_uuids()) == []

@@ -23,6 +23,7 @@ from dicomvault.find.summaries import MODULES, child_instances, reformat
 from dicomvault.index.transactions import WriteTx
 from dicomvault.model import FileInfo
 from dicomvault.server import Server
+from dicomvault.storage.area import FilesystemStorageArea
 from tests.dicomgen import Spec, make_bytes, make_dataset
 from tests.differential_cases import CORPUS, to_bytes
 
@@ -188,7 +189,9 @@ def test_shared_tags_skip_unreadable_instances(server: Server, client: TestClien
     first = upload(client, make_bytes(spec(1)))
     second = upload(client, make_bytes(spec(2)))
     uuid = client.get(f"/instances/{second['ID']}").json()["FileUuid"]
-    server.context.accessor.area.path(uuid).unlink()
+    area = server.context.accessor.area
+    assert isinstance(area, FilesystemStorageArea)
+    area.path(uuid).unlink()
     shared = client.get(f"/series/{first['ParentSeries']}/shared-tags?short").json()
     assert shared["0020,0013"] == "1"  # only the first instance was read
 

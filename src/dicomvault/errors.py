@@ -48,6 +48,7 @@ class ErrorCode(IntEnum):
     UNKNOWN_DICOM_TAG = 27
     BAD_JSON = 28
     UNAUTHORIZED = 29
+    STORAGE_AREA_PLUGIN = 32  # Orthanc's code for a failing custom storage area (object storage)
     EMPTY_REQUEST = 33
     NOT_ACCEPTABLE = 34
     DATABASE_UNAVAILABLE = 36
@@ -101,6 +102,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.UNKNOWN_DICOM_TAG: "Unknown DICOM tag",
     ErrorCode.BAD_JSON: "Cannot parse a JSON document",
     ErrorCode.UNAUTHORIZED: "Bad credentials were provided to an HTTP request",
+    ErrorCode.STORAGE_AREA_PLUGIN: "Error in the plugin implementing a custom storage area",
     ErrorCode.EMPTY_REQUEST: "The request is empty",
     ErrorCode.NOT_ACCEPTABLE: "Cannot send a response which is acceptable according to the Accept HTTP header",
     ErrorCode.DATABASE_UNAVAILABLE: "The database is currently not available (probably a transient situation)",

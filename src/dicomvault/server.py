@@ -15,7 +15,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicomvault.config import Config
@@ -36,7 +35,7 @@ from dicomvault.model import FileInfo
 from dicomvault.network.modalities import Modalities
 from dicomvault.network.queries import QueryRegistry
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
-from dicomvault.storage.area import FilesystemStorageArea
+from dicomvault.storage.factory import area_settings, open_storage_area
 from dicomvault.upgrade.rollback import RollbackWatch
 
 if TYPE_CHECKING:
@@ -151,7 +150,8 @@ class Server:
             timeout_keep_alive=30,
         )
         server = uvicorn.Server(uv_config)
-        logger.warning("dicomvault has started: HTTP on port %d, storage %s", port, self.config.storage_directory)
+        storage = self.context.accessor.area.describe()
+        logger.warning("dicomvault has started: HTTP on port %d, storage %s", port, storage)
         try:
             asyncio.run(server.serve(sockets=[sock]))
         finally:
@@ -171,7 +171,13 @@ def build(
     """Create every service for `config`. The caller owns the result and must `close()` it.
     `clock` is for tests (a fake clock drives timestamps and stability)."""
     _check_not_orthanc_only(config, config_label or config.source)
-    area = FilesystemStorageArea(config.storage_directory, fsync=config.sync_storage_area)
+    try:
+        area_config = area_settings(config)
+        area = open_storage_area(area_config)
+    except DicomVaultError as exc:
+        if config.aws_s3_storage is None:
+            raise
+        raise StartupRefused(exc.code, exc.details) from exc  # as an unreachable database: exit 3
     policy = CompressionPolicy(
         enabled=config.storage_compression,
         level=config.storage_compression_level,
@@ -187,9 +193,8 @@ def build(
             raise StartupRefused(exc.code, exc.details) from exc
         raise
     settings = StorageSettings(
-        root=str(Path(config.storage_directory).resolve()),
+        area=area_config,
         compression=policy,
-        fsync=config.sync_storage_area,
         default_encoding=str(config.default_encoding),
     )
     owns = workers is None

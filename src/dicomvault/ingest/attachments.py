@@ -34,6 +34,7 @@ from dicomvault.index.attachments import (
 )
 from dicomvault.index.database import Index
 from dicomvault.index.transactions import ReadTx, WriteTx
+from dicomvault.index.writer import CommitUncertain
 from dicomvault.model import FileInfo, ResourceRef
 from dicomvault.storage.accessor import StorageAccessor, decompress_zlib_with_size, md5_hex
 
@@ -81,7 +82,7 @@ class Attachments:
 
     def open_stored(self, info: FileInfo) -> tuple[BinaryIO, int]:
         """The file as stored (compressed if it is) and its size on disk, for streaming."""
-        handle = self.accessor.area.open(info.uuid)
+        handle = self.accessor.area.open(info.uuid, content_type=int(info.content_type))
         try:
             handle.seek(0, 2)
             size = handle.tell()
@@ -250,6 +251,9 @@ class Attachments:
     def _commit(self, write: Callable[[WriteTx], T], new_file: FileInfo) -> T:
         try:
             return self.index.write(write)
+        except CommitUncertain:
+            logger.warning("attachment file %s kept: the index may hold it", new_file.uuid)
+            raise
         except BaseException:
             self._discard(new_file)
             raise

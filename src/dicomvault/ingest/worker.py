@@ -2,27 +2,26 @@
 parse once, compress if configured, hash while writing, write the file with fsync.
 
 Inputs and outputs are plain picklable values. Each worker process builds its storage accessor
-once (`_accessor`) from the `StorageSettings` it is given.
+once (`_accessor`) from the `StorageSettings` it is given: the storage area's description
+(`storage.factory.AreaSettings`: a folder or an S3 bucket) and the compression policy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from dicomvault.dicom.parsing import ParsedInstance, parse_instance
 from dicomvault.enums import FileContentType
 from dicomvault.model import FileInfo
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
-from dicomvault.storage.area import FilesystemStorageArea
+from dicomvault.storage.factory import AreaSettings, build_area
 
 
 @dataclass(frozen=True)
 class StorageSettings:
-    root: str
+    area: AreaSettings
     compression: CompressionPolicy
-    fsync: bool = True
     default_encoding: str = "Latin1"  # Orthanc's DefaultEncoding, for the find tags
 
 
@@ -34,7 +33,7 @@ class Prepared:
 
 @lru_cache(maxsize=4)
 def _accessor(settings: StorageSettings) -> StorageAccessor:
-    return StorageAccessor(FilesystemStorageArea(Path(settings.root), fsync=settings.fsync), settings.compression)
+    return StorageAccessor(build_area(settings.area), settings.compression)
 
 
 def prepare_instance(raw: bytes, settings: StorageSettings) -> Prepared:

@@ -18,7 +18,7 @@ from typing import BinaryIO
 from dicomvault.enums import CompressionType, FileContentType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.model import FileInfo
-from dicomvault.storage.area import FilesystemStorageArea, new_uuid
+from dicomvault.storage.area import StorageArea, new_uuid
 
 _SIZE_HEADER = struct.Struct("<Q")
 
@@ -63,7 +63,7 @@ class CompressionPolicy:
 class StorageAccessor:
     """Writes and reads attachments, applying compression and checking what the index recorded."""
 
-    def __init__(self, area: FilesystemStorageArea, policy: CompressionPolicy) -> None:
+    def __init__(self, area: StorageArea, policy: CompressionPolicy) -> None:
         self.area = area
         self.policy = policy
         # Called before a stored file is removed (the composition root watches the removal of
@@ -81,7 +81,7 @@ class StorageAccessor:
             stored, compression = compress_zlib_with_size(data, self.policy.level), CompressionType.ZLIB_WITH_SIZE
         else:
             stored, compression = data, CompressionType.NONE
-        self.area.create(uuid, stored)
+        self.area.create(uuid, stored, content_type=int(content_type))
         plain_md5 = md5(data)
         return FileInfo(
             uuid=uuid,
@@ -95,7 +95,7 @@ class StorageAccessor:
 
     def read(self, info: FileInfo) -> bytes:
         """The attachment's uncompressed bytes."""
-        stored = self.area.read(info.uuid)
+        stored = self.area.read(info.uuid, content_type=int(info.content_type))
         if info.compression == CompressionType.ZLIB_WITH_SIZE:
             return decompress_zlib_with_size(stored, limit=info.uncompressed_size)
         return stored
@@ -105,24 +105,24 @@ class StorageAccessor:
         file of any size takes bounded memory. The file is opened before this returns: a missing
         file raises `INEXISTENT_FILE` here, not halfway through an answer. A file whose content
         does not match the sizes recorded in the index raises `CORRUPTED_FILE` while iterating."""
-        handle = self.area.open(info.uuid)
+        handle = self.area.open(info.uuid, content_type=int(info.content_type))
         if info.compression == CompressionType.ZLIB_WITH_SIZE:
             return _inflate_chunks(handle, info, chunk_size)
         return _plain_chunks(handle, info, chunk_size)
 
     def read_raw(self, info: FileInfo) -> bytes:
-        """The bytes as stored on disk (compressed if the attachment is)."""
-        return self.area.read(info.uuid)
+        """The bytes as stored (compressed if the attachment is)."""
+        return self.area.read(info.uuid, content_type=int(info.content_type))
 
     def read_range(self, info: FileInfo, start: int, end: int) -> bytes:
         if info.compression == CompressionType.NONE:
-            return self.area.read_range(info.uuid, start, end)
+            return self.area.read_range(info.uuid, start, end, content_type=int(info.content_type))
         return self.read(info)[start:end]
 
     def remove(self, info: FileInfo) -> None:
         if self.before_remove is not None:
             self.before_remove(info)
-        self.area.remove(info.uuid)
+        self.area.remove(info.uuid, content_type=int(info.content_type))
 
 
 def _plain_chunks(handle: BinaryIO, info: FileInfo, chunk_size: int) -> Iterator[bytes]:

@@ -1,8 +1,13 @@
-"""The filesystem storage area: raw bytes by uuid, in Orthanc's layout `root/uu/id/uuid`.
+"""The storage area contract (`StorageArea`) and its filesystem implementation: raw bytes by
+uuid, in Orthanc's layout `root/uu/id/uuid`.
 
 `uu` and `id` are the uuid's first two and next two characters, so an Orthanc storage folder is
 readable in place. Writes go to a temporary file in the final folder, are fsynced, then renamed
 with `os.replace`: a reader (or a crash) never sees a half-written file under a real uuid.
+
+Every operation names the attachment's content type as well as its uuid, as Orthanc's storage
+plugins receive it: the filesystem ignores it, object storage puts it in the object name
+(`storage/s3.py`).
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ import re
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
+from dicomvault.enums import FileContentType
 from dicomvault.errors import DicomVaultError, ErrorCode
 
 logger = logging.getLogger(__name__)
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TEMP_PREFIX = ".tmp-"
+_FOLDER_RACE_RETRIES = 20
 
 
 def new_uuid() -> str:
@@ -33,8 +40,40 @@ def is_valid_uuid(value: str) -> bool:
     return bool(_UUID_RE.match(value))
 
 
+class StorageArea(Protocol):
+    """Bytes by (uuid, content type); knows nothing of compression or the index.
+
+    A missing file raises `DicomVaultError(INEXISTENT_FILE)`; `remove` of a missing file is not an
+    error. `open` fails at once for a missing file, never at the first read."""
+
+    def create(self, uuid: str, chunks: Iterator[bytes] | bytes, *, content_type: int) -> None: ...
+
+    def read(self, uuid: str, *, content_type: int) -> bytes: ...
+
+    def open(self, uuid: str, *, content_type: int) -> BinaryIO: ...
+
+    def read_range(self, uuid: str, start: int, end: int, *, content_type: int) -> bytes: ...
+
+    def size(self, uuid: str, *, content_type: int) -> int: ...
+
+    def remove(self, uuid: str, *, content_type: int) -> None: ...
+
+    def exists(self, uuid: str, *, content_type: int) -> bool: ...
+
+    def iter_uuids(self) -> Iterator[str]: ...
+
+    def describe(self) -> str:
+        """Where the files are, for log lines and reports (never a secret)."""
+        ...
+
+
+# Where a caller has no content type at hand (tests, tools reading an Orthanc folder), the
+# filesystem area takes DICOM: it does not use the value anyway.
+_ANY = int(FileContentType.DICOM)
+
+
 class FilesystemStorageArea:
-    """Stores each attachment as one file; knows nothing of compression or the index."""
+    """Stores each attachment as one file (a `StorageArea`)."""
 
     def __init__(self, root: Path, fsync: bool = True) -> None:
         self.root = root
@@ -53,17 +92,16 @@ class FilesystemStorageArea:
             raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"not a valid attachment uuid: {uuid!r}")
         return self.root / uuid[0:2] / uuid[2:4] / uuid
 
-    def create(self, uuid: str, chunks: Iterator[bytes] | bytes) -> None:
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+    def create(self, uuid: str, chunks: Iterator[bytes] | bytes, *, content_type: int = _ANY) -> None:
         """Write a new file atomically. `chunks` may be a generator (hashing while writing)."""
         final = self.path(uuid)
         folder = final.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _write_error(exc, folder) from exc
         temp = folder / f"{_TEMP_PREFIX}{uuid}"
         try:
-            with open(temp, "wb") as out:
+            with self._open_temp(temp) as out:
                 if isinstance(chunks, bytes | bytearray | memoryview):
                     out.write(chunks)
                 else:
@@ -78,32 +116,52 @@ class FilesystemStorageArea:
                 temp.unlink()
             raise _write_error(exc, final) from exc
 
-    def read(self, uuid: str) -> bytes:
+    @staticmethod
+    def _open_temp(temp: Path) -> BinaryIO:
+        """Create the temporary file, and its folders. Another process (or thread) removing the last
+        file of the same `xx/yy` folder prunes that folder: between our mkdir and our open it may
+        vanish, so the pair is retried. Once the temporary file exists the folder is not empty and
+        no pruning removes it before the rename."""
+        for attempt in range(_FOLDER_RACE_RETRIES):
+            try:
+                temp.parent.mkdir(parents=True, exist_ok=True)
+            except (FileNotFoundError, FileExistsError):
+                continue  # pruned while mkdir created it, or between "exists" and "is a folder"
+            except OSError as exc:
+                raise _write_error(exc, temp.parent) from exc
+            try:
+                return open(temp, "wb")  # noqa: SIM115 - the caller closes it
+            except FileNotFoundError:
+                if attempt == _FOLDER_RACE_RETRIES - 1:
+                    raise
+        raise FileNotFoundError(errno.ENOENT, "the folder kept disappearing", str(temp.parent))
+
+    def read(self, uuid: str, *, content_type: int = _ANY) -> bytes:
         try:
             with open(self.path(uuid), "rb") as f:
                 return f.read()
         except FileNotFoundError as exc:
             raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"missing attachment file {uuid}") from exc
 
-    def open(self, uuid: str) -> BinaryIO:
+    def open(self, uuid: str, *, content_type: int = _ANY) -> BinaryIO:
         try:
             return open(self.path(uuid), "rb")
         except FileNotFoundError as exc:
             raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"missing attachment file {uuid}") from exc
 
-    def read_range(self, uuid: str, start: int, end: int) -> bytes:
+    def read_range(self, uuid: str, start: int, end: int, *, content_type: int = _ANY) -> bytes:
         """Bytes [start, end) of a stored file."""
         with self.open(uuid) as f:
             f.seek(start)
             return f.read(max(0, end - start))
 
-    def size(self, uuid: str) -> int:
+    def size(self, uuid: str, *, content_type: int = _ANY) -> int:
         try:
             return self.path(uuid).stat().st_size
         except FileNotFoundError as exc:
             raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"missing attachment file {uuid}") from exc
 
-    def remove(self, uuid: str) -> None:
+    def remove(self, uuid: str, *, content_type: int = _ANY) -> None:
         """Remove a file; a file already gone is not an error (removal is idempotent)."""
         path = self.path(uuid)
         try:
@@ -118,7 +176,7 @@ class FilesystemStorageArea:
             except OSError:
                 break
 
-    def exists(self, uuid: str) -> bool:
+    def exists(self, uuid: str, *, content_type: int = _ANY) -> bool:
         return self.path(uuid).is_file()
 
     def iter_uuids(self) -> Iterator[str]:

@@ -4,7 +4,8 @@ file in the storage area, readable, of the size the index records?
 It reads the index with its own read-only connection (the upgrade driver holding the index lock
 meanwhile is fine: it only reads) and checks each file with one `open` + `fstat`, never reading
 the content, so 10,000 files take a fraction of a second; `check_md5=True` also reads each file
-and compares the MD5 of its stored (compressed) bytes with the one recorded.
+and compares the MD5 of its stored (compressed) bytes with the one recorded. Another storage area
+(an S3 bucket) is checked through the area's own `size` and `open` (one request per file).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from dicomvault.enums import FileContentType, ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.storage.accessor import StorageAccessor
+from dicomvault.storage.area import FilesystemStorageArea, StorageArea
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ def verify_storage(index_path: Path, accessor: StorageAccessor, check_md5: bool 
             for level, public_id, ftype, uuid, size, md5 in batch:
                 ftype = int(ftype)
                 kinds[_kind(ftype)] += 1
-                detail = _check(accessor, str(uuid), int(size), str(md5 or ""), check_md5)
+                detail = _check(accessor.area, str(uuid), ftype, int(size), str(md5 or ""), check_md5)
                 if detail is not None:
                     kind, text = detail
                     problem = StorageProblem(kind, ResourceType(level), str(public_id), ftype, str(uuid), text)
@@ -144,7 +146,7 @@ def verify_storage(index_path: Path, accessor: StorageAccessor, check_md5: bool 
     finally:
         conn.close()
     report = VerificationReport(
-        storage=str(accessor.area.root),
+        storage=str(area.root) if isinstance(area := accessor.area, FilesystemStorageArea) else area.describe(),
         patients=int(levels.get(int(ResourceType.PATIENT), 0)),
         studies=int(levels.get(int(ResourceType.STUDY), 0)),
         series=int(levels.get(int(ResourceType.SERIES), 0)),
@@ -178,10 +180,14 @@ def _kind(content_type: int) -> str:
     return "user" if content_type >= FileContentType.START_USER else "other"
 
 
-def _check(accessor: StorageAccessor, uuid: str, size: int, md5: str, check_md5: bool) -> tuple[str, str] | None:
+def _check(
+    area: StorageArea, uuid: str, content_type: int, size: int, md5: str, check_md5: bool
+) -> tuple[str, str] | None:
     """(kind, detail) of what is wrong with one file, or None."""
+    if not isinstance(area, FilesystemStorageArea):
+        return _check_object(area, uuid, content_type, size, md5, check_md5)
     try:
-        path = accessor.area.path(uuid)
+        path = area.path(uuid)
     except DicomVaultError as exc:
         return UNREADABLE, f"the index records an invalid uuid: {exc.details}"
     try:
@@ -207,4 +213,28 @@ def _check(accessor: StorageAccessor, uuid: str, size: int, md5: str, check_md5:
         return UNREADABLE, f"{path}: {exc.strerror}"
     finally:
         os.close(fd)
+    return None
+
+
+def _check_object(
+    area: StorageArea, uuid: str, content_type: int, size: int, md5: str, check_md5: bool
+) -> tuple[str, str] | None:
+    """`_check` through the area's own operations (object storage has no paths)."""
+    try:
+        actual = area.size(uuid, content_type=content_type)
+        if actual != size:
+            return WRONG_SIZE, f"{actual} bytes stored, the index records {size}"
+        if check_md5 and md5:
+            digest = hashlib.md5(usedforsecurity=False)
+            with area.open(uuid, content_type=content_type) as handle:
+                while chunk := handle.read(_READ_CHUNK):
+                    digest.update(chunk)
+            if digest.hexdigest() != md5:
+                return WRONG_MD5, f"MD5 {digest.hexdigest()} stored, the index records {md5}"
+    except DicomVaultError as exc:
+        if exc.code is ErrorCode.INEXISTENT_FILE:
+            return MISSING, f"no object in {area.describe()}"
+        if exc.code is ErrorCode.PARAMETER_OUT_OF_RANGE:
+            return UNREADABLE, f"the index records an invalid uuid: {exc.details}"
+        return UNREADABLE, str(exc.details or exc)
     return None
