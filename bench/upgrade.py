@@ -166,7 +166,7 @@ def check_outcome(outcome: UpgradeOutcome, held: dict[str, int], adopted: bool) 
         if reread.instances != held["instances"]:
             problems.append(f"re-read counted {reread.instances} instances, the server held {held['instances']}")
         problems.extend(f"re-read: {p.problem} (instance {p.public_id})" for p in reread.problems[:10])
-    tagged = _count_tagged(outcome.index)
+    tagged = _count_tagged(Path(outcome.index))
     if tagged != held["instances"]:
         problems.append(f"{tagged} instances have InstanceTags rows, the server held {held['instances']}")
     if not adopted:

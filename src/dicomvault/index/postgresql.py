@@ -79,7 +79,8 @@ class PostgreSQLSettings:
             except psycopg.ProgrammingError as exc:
                 reason = str(exc).strip()
                 raise DicomVaultError(
-                    ErrorCode.BAD_PARAMETER_TYPE, f'PostgreSQL "ConnectionUri" is not a valid connection string: {reason}'
+                    ErrorCode.BAD_PARAMETER_TYPE,
+                    f'PostgreSQL "ConnectionUri" is not a valid connection string: {reason}',
                 ) from None
             params = {**params, **parsed}
         else:
@@ -133,7 +134,7 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
 
 
-class _Cursor:
+class PostgreSQLCursor:
     """The `Executor` the index operations use: SQL translated, connection errors made clear."""
 
     def __init__(self, conn: psycopg.Connection[Any], label: str) -> None:
@@ -161,9 +162,38 @@ class _Cursor:
             raise unavailable(self._label, exc) from exc
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    # Only the string forms matter here; dates are kept as Orthanc's text.
-    conn.autocommit = True
+def connect(settings: PostgreSQLSettings) -> psycopg.Connection[Any]:
+    """A connection in autocommit mode (transactions are explicit)."""
+    try:
+        return psycopg.connect(settings.conninfo, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise unavailable(settings.label, exc) from exc
+
+
+def connect_with_retries(settings: PostgreSQLSettings) -> psycopg.Connection[Any]:
+    """At start-up: as Orthanc's plugin, `MaximumConnectionRetries` more attempts, every
+    `ConnectionRetryInterval` seconds, then a refusal that says what to check."""
+    attempts = settings.connection_retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return connect(settings)
+        except DicomVaultError as exc:
+            if attempt == attempts:
+                raise DicomVaultError(
+                    ErrorCode.DATABASE_UNAVAILABLE,
+                    f"{exc.details} (gave up after {attempts} attempt(s): check Host, Port, Database, Username "
+                    'and Password in the "PostgreSQL" section, and that the server accepts connections)',
+                ) from exc
+            logger.warning(
+                "cannot connect to the %s (attempt %d of %d), retrying in %.0f s: %s",
+                settings.label,
+                attempt,
+                attempts,
+                settings.retry_interval,
+                exc.details,
+            )
+            time.sleep(settings.retry_interval)
+    raise AssertionError("unreachable")
 
 
 class _Reader:
@@ -181,7 +211,7 @@ class _Reader:
             self._backend.give_back(conn)
             raise unavailable(self._backend.settings.label, exc) from exc
         self._conn = conn
-        return ReadTx(_Cursor(conn, self._backend.settings.label), POSTGRESQL)
+        return ReadTx(PostgreSQLCursor(conn, self._backend.settings.label), POSTGRESQL)
 
     def end(self) -> None:
         conn, self._conn = self._conn, None
@@ -225,14 +255,14 @@ class _Writer:
             if _is_transient(exc) or not conn.broken:
                 raise
             raise unavailable(self._backend.settings.label, exc) from exc
-        return WriteTx(_Cursor(conn, self._backend.settings.label), POSTGRESQL)
+        return WriteTx(PostgreSQLCursor(conn, self._backend.settings.label), POSTGRESQL)
 
     def _plain(self, sql: str) -> None:
         self._cursor().execute(sql)
 
-    def _cursor(self) -> _Cursor:
+    def _cursor(self) -> PostgreSQLCursor:
         assert self._conn is not None
-        return _Cursor(self._conn, self._backend.settings.label)
+        return PostgreSQLCursor(self._conn, self._backend.settings.label)
 
     def savepoint(self) -> None:
         self._plain("SAVEPOINT job")
@@ -270,6 +300,34 @@ class _Writer:
             self._conn = None
 
 
+def schema_state(conn: psycopg.Connection[Any], label: str) -> tuple[int | None, int | None] | None:
+    """(version, upgrading_to) of the dicomvault index in the database, None for an empty database;
+    a database holding anything else is refused."""
+    tables = {
+        r[0]
+        for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+    }
+    if "globalproperties" not in tables:
+        if tables:
+            raise DicomVaultError(
+                ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
+                f"the {label} holds other tables ({', '.join(sorted(tables)[:5])}...) and no dicomvault index: give "
+                "dicomvault a database of its own",
+            )
+        return None
+    version = ReadTx(PostgreSQLCursor(conn, label), POSTGRESQL).global_property(
+        GlobalProperty.DICOMVAULT_SCHEMA_VERSION
+    )
+    found, upgrading_to = parse_version(version)
+    if found is None and upgrading_to is None:
+        raise DicomVaultError(
+            ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
+            f"the {label} has a GlobalProperties table but is not a dicomvault index (Orthanc's own PostgreSQL "
+            "index?): give dicomvault a database of its own",
+        )
+    return found, upgrading_to
+
+
 class PostgreSQLBackend:
     """Connects (retrying as Orthanc's `MaximumConnectionRetries` / `ConnectionRetryInterval` say),
     creates or checks the schema, and lends connections."""
@@ -299,35 +357,10 @@ class PostgreSQLBackend:
 
     # -- connections -------------------------------------------------------------------------
     def connect(self) -> psycopg.Connection[Any]:
-        try:
-            conn = psycopg.connect(self.settings.conninfo, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise unavailable(self.settings.label, exc) from exc
-        _configure(conn)
-        return conn
+        return connect(self.settings)
 
     def _connect_with_retries(self) -> psycopg.Connection[Any]:
-        attempts = self.settings.connection_retries + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return self.connect()
-            except DicomVaultError as exc:
-                if attempt == attempts:
-                    raise DicomVaultError(
-                        ErrorCode.DATABASE_UNAVAILABLE,
-                        f"{exc.details} (gave up after {attempts} attempt(s): check Host, Port, Database, Username "
-                        'and Password in the "PostgreSQL" section, and that the server accepts connections)',
-                    ) from exc
-                logger.warning(
-                    "cannot connect to the %s (attempt %d of %d), retrying in %.0f s: %s",
-                    self.settings.label,
-                    attempt,
-                    attempts,
-                    self.settings.retry_interval,
-                    exc.details,
-                )
-                time.sleep(self.settings.retry_interval)
-        raise AssertionError("unreachable")
+        return connect_with_retries(self.settings)
 
     def borrow(self) -> psycopg.Connection[Any]:
         try:
@@ -352,34 +385,14 @@ class PostgreSQLBackend:
 
     # -- schema ------------------------------------------------------------------------------
     def _prepare(self, conn: psycopg.Connection[Any], create: bool) -> None:
-        tables = {
-            r[0]
-            for r in conn.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-            )
-        }
-        if "globalproperties" not in tables:
-            if tables - {"sequences"}:
-                raise DicomVaultError(
-                    ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
-                    f"the {self.settings.label} holds other tables ({', '.join(sorted(tables)[:5])}...) and no "
-                    "dicomvault index: give dicomvault a database of its own",
-                )
+        state = schema_state(conn, self.settings.label)
+        if state is None:
             if not create:
                 raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"no dicomvault index in the {self.settings.label}")
             logger.info("creating a new index (schema %d) in the %s", SCHEMA_VERSION, self.settings.label)
             self.create(conn, SCHEMA_VERSION)
             return
-        version = ReadTx(_Cursor(conn, self.settings.label), POSTGRESQL).global_property(
-            GlobalProperty.DICOMVAULT_SCHEMA_VERSION
-        )
-        found, upgrading_to = parse_version(version)
-        if found is None and upgrading_to is None:
-            raise DicomVaultError(
-                ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
-                f"the {self.settings.label} has a GlobalProperties table but is not a dicomvault index (Orthanc's "
-                "own PostgreSQL index?): give dicomvault a database of its own",
-            )
+        found, upgrading_to = state
         if found != SCHEMA_VERSION:
             raise SchemaVersionError(self.settings.label, found, upgrading_to)
 
@@ -394,7 +407,7 @@ class PostgreSQLBackend:
                 "AND table_name = 'globalproperties'"
             ).fetchone()
             if exists is None:
-                create_schema_in(_Cursor(conn, self.settings.label), version, POSTGRESQL)
+                create_schema_in(PostgreSQLCursor(conn, self.settings.label), version, POSTGRESQL)
             conn.execute("COMMIT")
         except BaseException:
             if not conn.broken:

@@ -1,5 +1,6 @@
 """`dicomvault upgrade CONFIG` (and `serve --upgrade`): bring an index to the schema this code
-serves, on the operator's request, then exit.
+serves, on the operator's request, then exit. This module drives the SQLite index file; a
+PostgreSQL index goes through `upgrade/postgresql.py`, the same steps in that database's words.
 
 Order of work, each step safe to interrupt:
 
@@ -19,78 +20,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dicomvault.config import Config
 from dicomvault.enums import GlobalProperty
 from dicomvault.errors import DicomVaultError, ErrorCode
-from dicomvault.index.migrations import MIGRATIONS, SchemaVersionError, split_sql
-from dicomvault.index.schema import SCHEMA_VERSION, parse_version, upgrading_marker
+from dicomvault.index.backends import postgresql_settings
+from dicomvault.index.migrations import SchemaVersionError
+from dicomvault.index.schema import SCHEMA_VERSION, parse_version
 from dicomvault.index.sqlite import INDEX_FILENAME, connect_index, lock_index, not_a_database, unlock_index
-from dicomvault.index.transactions import ReadTx, WriteTx
+from dicomvault.index.transactions import ReadTx
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
-from dicomvault.storage.area import FilesystemStorageArea
-from dicomvault.upgrade.adoption import AdoptionReport, adopt_orthanc
-from dicomvault.upgrade.reread import BATCH, RereadReport, reread_pass
+from dicomvault.storage.factory import FilesystemSettings, area_settings, build_area
+from dicomvault.upgrade.adoption import adopt_orthanc
+from dicomvault.upgrade.connection import SQLiteMigrationConnection
+from dicomvault.upgrade.migrate import UpgradeOutcome, migrate
+from dicomvault.upgrade.reread import BATCH
 from dicomvault.upgrade.verify import VerificationReport, verify_storage
+
+__all__ = ["UpgradeOutcome", "backup_index", "upgrade"]
 
 logger = logging.getLogger(__name__)
 
 ORTHANC_INDEX_FILENAME = "index"
 BACKUP_INFIX = ".backup-schema"
-
-
-@dataclass(frozen=True)
-class UpgradeOutcome:
-    index: Path
-    found: int | None  # the schema version found (None: adopted from Orthanc, or resumed)
-    resumed_to: int | None  # an interrupted upgrade to this version was resumed
-    version: int  # the version read back after the upgrade
-    backup: Path | None
-    adoption: AdoptionReport | None = None
-    reread: RereadReport | None = None
-    verification: VerificationReport | None = None
-
-    @property
-    def upgraded(self) -> bool:
-        return self.found != self.version
-
-    @property
-    def problems(self) -> bool:
-        if self.reread is not None and self.reread.problems:
-            return True
-        return self.verification is not None and not self.verification.ok
-
-    def render(self) -> list[str]:
-        lines: list[str] = []
-        if self.adoption is not None:
-            lines.extend(self.adoption.render())
-        if not self.upgraded:
-            lines.append(f"{self.index}: schema version {self.version}, no upgrade needed")
-            return lines
-        origin = (
-            f"schema {self.found}"
-            if self.found is not None
-            else f"an interrupted upgrade to schema {self.resumed_to}"
-            if self.resumed_to is not None and self.adoption is None
-            else "an Orthanc index"
-        )
-        lines.append(f"{self.index}: upgraded from {origin} to schema {self.version}")
-        if self.backup is not None:
-            lines.append(f"backup copy of the index before the upgrade: {self.backup}")
-        if self.reread is not None:
-            r = self.reread
-            lines.append(
-                f"re-read {r.instances - r.resumed_from} DICOM files in {r.elapsed_s:.1f} s "
-                f"({r.rate:.0f} instances/s), {len(r.problems)} problems"
-            )
-            lines.extend(f"  {p.problem} (instance {p.public_id}, attachment {p.uuid})" for p in r.problems)
-        if self.verification is not None:
-            lines.extend(self.verification.render())
-        return lines
 
 
 def _version(conn: sqlite3.Connection, path: Path) -> tuple[int | None, int | None]:
@@ -146,6 +100,11 @@ def upgrade(
     """Upgrade (or adopt) the index of `config`; raise `SchemaVersionError` for a newer schema and
     `DicomVaultError` for anything that stops the upgrade (the index then stays as it was, or at a
     resumable point)."""
+    settings = postgresql_settings(config)
+    if settings is not None:
+        from dicomvault.upgrade.postgresql import upgrade_postgresql
+
+        return upgrade_postgresql(config, settings, config_label, backup, progress, workers, batch_size)
     directory = config.index_directory
     if not directory.is_dir():
         raise DicomVaultError(
@@ -153,7 +112,7 @@ def upgrade(
             f"the IndexDirectory {directory} does not exist: check {config_label}",
         )
     storage = config.storage_directory
-    if not storage.is_dir():
+    if config.aws_s3_storage is None and not storage.is_dir():
         raise DicomVaultError(
             ErrorCode.INEXISTENT_FILE,
             f"the StorageDirectory {storage} does not exist: check {config_label}",
@@ -191,7 +150,8 @@ def _upgrade_locked(
         saved = backup_index(conn, path, found) if backup and found is not None else None
         if not backup and found is not None:
             logger.warning("upgrading %s without a backup copy (--no-backup)", path)
-        reread = _migrate(conn, config, path, found, upgrading_to, progress, workers, batch_size)
+        migration_conn = SQLiteMigrationConnection(conn, str(path))
+        reread = migrate(migration_conn, config, found, upgrading_to, progress, workers, batch_size)
     except sqlite3.OperationalError as exc:
         raise DicomVaultError(
             ErrorCode.SQLITE_CANNOT_OPEN,
@@ -223,87 +183,8 @@ def _upgrade_locked(
 
 
 def _verify(config: Config, path: Path) -> VerificationReport:
-    accessor = StorageAccessor(FilesystemStorageArea(config.storage_directory, fsync=False), CompressionPolicy())
+    area = area_settings(config)
+    if isinstance(area, FilesystemSettings):
+        area = FilesystemSettings(area.root, fsync=False)  # the check only reads
+    accessor = StorageAccessor(build_area(area), CompressionPolicy())
     return verify_storage(path, accessor)
-
-
-def _migrate(
-    conn: sqlite3.Connection,
-    config: Config,
-    path: Path,
-    found: int | None,
-    upgrading_to: int | None,
-    progress: bool,
-    workers: int | None,
-    batch_size: int,
-) -> RereadReport | None:
-    tx = WriteTx(conn)
-    reread: RereadReport | None = None
-    current = found
-    if upgrading_to is not None:  # an interrupted re-read (or an adoption): finish it first
-        start = int(tx.global_property(GlobalProperty.DICOMVAULT_REREAD_FROM) or upgrading_to)
-        reread = _reread(conn, config, start, upgrading_to, progress, workers, batch_size)
-        current = upgrading_to
-    assert current is not None
-    for migration in MIGRATIONS:
-        if migration.target <= current:
-            continue
-        started = time.monotonic()
-        logger.warning("migrating %s from schema %d to %d: %s", path, current, migration.target, migration.description)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in split_sql(migration.ddl):
-                conn.execute(statement)
-            if migration.reread is None:
-                tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, str(migration.target))
-            else:
-                tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, upgrading_marker(migration.target))
-                tx.set_global_property(GlobalProperty.DICOMVAULT_UPGRADE_CURSOR, "0")
-                tx.set_global_property(GlobalProperty.DICOMVAULT_REREAD_FROM, str(migration.target))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        if migration.reread is not None:
-            reread = _reread(conn, config, migration.target, migration.target, progress, workers, batch_size)
-        logger.info("schema %d reached in %.1f s", migration.target, time.monotonic() - started)
-        current = migration.target
-    return reread
-
-
-def _reread(
-    conn: sqlite3.Connection,
-    config: Config,
-    start: int,
-    target: int,
-    progress: bool,
-    workers: int | None,
-    batch_size: int,
-) -> RereadReport:
-    """The re-read pass for migrations start..target, then the version bump that ends it."""
-    migrations = [m for m in MIGRATIONS if start <= m.target <= target]
-    report = reread_pass(
-        conn,
-        config.storage_directory,
-        migrations,
-        str(config.default_encoding),
-        workers=workers,
-        progress=progress,
-        batch_size=batch_size,
-    )
-    tx = WriteTx(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        tx.set_global_property(GlobalProperty.DICOMVAULT_SCHEMA_VERSION, str(target))
-        tx.execute(
-            "DELETE FROM GlobalProperties WHERE property IN (?, ?)",
-            (int(GlobalProperty.DICOMVAULT_UPGRADE_CURSOR), int(GlobalProperty.DICOMVAULT_REREAD_FROM)),
-        )
-        tx.execute("DROP TABLE IF EXISTS UpgradeProblems")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return report

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import sqlite3
 import sys
 import time
 from collections import deque
@@ -34,7 +33,8 @@ from dicomvault.index.migrations import Migration, Reread
 from dicomvault.index.transactions import WriteTx, file_info_from_row
 from dicomvault.model import FileInfo
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
-from dicomvault.storage.area import FilesystemStorageArea
+from dicomvault.storage.factory import AreaSettings, FilesystemSettings, build_area
+from dicomvault.upgrade.connection import MigrationConnection
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ def _die_with_parent() -> None:
 
 
 @lru_cache(maxsize=4)
-def _accessor(root: str) -> StorageAccessor:
+def _accessor(area: AreaSettings) -> StorageAccessor:
     # Reading only: the compression policy is for writes; each attachment says how it is stored.
-    return StorageAccessor(FilesystemStorageArea(Path(root), fsync=False), CompressionPolicy())
+    return StorageAccessor(build_area(area), CompressionPolicy())
 
 
-def _reread_chunk(root: str, default_encoding: str, items: Sequence[_Item]) -> list[_Result]:
+def _reread_chunk(area: AreaSettings, default_encoding: str, items: Sequence[_Item]) -> list[_Result]:
     """Worker process: read and parse each instance's file; a problem is a string."""
-    accessor = _accessor(root)
+    accessor = _accessor(area)
     out: list[_Result] = []
     for internal_id, public_id, info in items:
         if info is None:
@@ -102,7 +102,9 @@ def _reread_chunk(root: str, default_encoding: str, items: Sequence[_Item]) -> l
         try:
             data = accessor.read(info)
         except DicomVaultError as exc:
-            kind = "missing" if not accessor.area.exists(info.uuid) else "unreadable"
+            kind = (
+                "missing" if not accessor.area.exists(info.uuid, content_type=int(info.content_type)) else "unreadable"
+            )
             out.append((internal_id, public_id, info.uuid, f"{kind}: {exc.details}"))
             continue
         except OSError as exc:
@@ -121,7 +123,7 @@ def _reread_chunk(root: str, default_encoding: str, items: Sequence[_Item]) -> l
     return out
 
 
-def _pending(conn: sqlite3.Connection, cursor: int, page: int = 2048) -> Iterator[_Item]:
+def _pending(conn: MigrationConnection, cursor: int, page: int = 2048) -> Iterator[_Item]:
     """Instances after `cursor`, in internal id order, with their DICOM attachment."""
     last = cursor
     while True:
@@ -152,8 +154,8 @@ def _chunks(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
 
 
 def reread_pass(
-    conn: sqlite3.Connection,
-    storage_root: Path,
+    conn: MigrationConnection,
+    storage: Path | AreaSettings,
     migrations: Sequence[Migration],
     default_encoding: str = "Latin1",
     workers: int | None = None,
@@ -161,10 +163,11 @@ def reread_pass(
     batch_size: int = BATCH,
 ) -> RereadReport:
     """Run the `reread` steps of `migrations` on every instance after the persisted cursor. The
-    caller has set the "upgrading to N" marker; `conn` is in autocommit mode."""
+    caller has set the "upgrading to N" marker; `conn` is outside any transaction. `storage` is the
+    storage folder, or the description of any storage area (an S3 bucket)."""
     steps = [m.reread for m in migrations if m.reread is not None]
     conn.execute(PROBLEMS_DDL)
-    tx = WriteTx(conn)
+    tx = WriteTx(conn, conn.dialect)
     cursor = int(tx.global_property(GlobalProperty.DICOMVAULT_UPGRADE_CURSOR) or "0")
     count = "SELECT COUNT(*) FROM Resources WHERE resourceType = ? AND internalId <= ?"
     total = int(conn.execute(count, (int(ResourceType.INSTANCE), 2**62)).fetchone()[0])
@@ -194,7 +197,7 @@ def reread_pass(
         dynamic_ncols=True,
     )
     context = multiprocessing.get_context("spawn")
-    root = str(storage_root.resolve())
+    area = FilesystemSettings(str(storage.resolve()), fsync=False) if isinstance(storage, Path) else storage
     batch: list[_Result] = []
     last_commit = time.monotonic()
     with (
@@ -212,7 +215,7 @@ def reread_pass(
                 if chunk is None:
                     exhausted = True
                     break
-                in_flight.append(pool.submit(_reread_chunk, root, default_encoding, chunk))
+                in_flight.append(pool.submit(_reread_chunk, area, default_encoding, chunk))
             if not in_flight:
                 break
             results = in_flight.popleft().result()
@@ -226,7 +229,7 @@ def reread_pass(
             _commit(conn, tx, steps, batch)
     problems = tuple(
         Problem(row[0], row[1], row[2])
-        for row in conn.execute("SELECT publicId, uuid, problem FROM UpgradeProblems ORDER BY internalId")
+        for row in conn.execute("SELECT publicId, uuid, problem FROM UpgradeProblems ORDER BY internalId").fetchall()
     )
     elapsed = time.monotonic() - started
     report = RereadReport(total, total - len(problems), problems, elapsed, done)
@@ -240,22 +243,23 @@ def reread_pass(
     return report
 
 
-def _commit(conn: sqlite3.Connection, tx: WriteTx, steps: Sequence[Reread], batch: list[_Result]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
+def _commit(conn: MigrationConnection, tx: WriteTx, steps: Sequence[Reread], batch: list[_Result]) -> None:
+    conn.begin()
     try:
         for internal_id, public_id, uuid, outcome in batch:
             if isinstance(outcome, str):
                 logger.warning("instance %s (attachment %s): %s", public_id, uuid, outcome)
                 conn.execute(
-                    "INSERT OR REPLACE INTO UpgradeProblems(internalId, publicId, uuid, problem) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO UpgradeProblems(internalId, publicId, uuid, problem) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(internalId) DO UPDATE SET publicId = excluded.publicId, uuid = excluded.uuid, "
+                    "problem = excluded.problem",
                     (internal_id, public_id, uuid, outcome),
                 )
                 continue
             for step in steps:
                 step(tx, internal_id, outcome)
         tx.set_global_property(GlobalProperty.DICOMVAULT_UPGRADE_CURSOR, str(batch[-1][0]))
-        conn.execute("COMMIT")
+        conn.commit()
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        conn.rollback()
         raise
