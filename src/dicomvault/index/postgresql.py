@@ -235,7 +235,6 @@ class _Writer:
     def __init__(self, backend: PostgreSQLBackend) -> None:
         self._backend = backend
         self._conn: psycopg.Connection[Any] | None = None
-        self._committing = False
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
