@@ -223,5 +223,48 @@ def replicate_command(
     sys.exit(run_replicate(options))
 
 
+@main.command("copy-index")
+@click.argument("from_config", metavar="FROM_CONFIG", type=click.Path(exists=True, path_type=Path))
+@click.argument("to_config", metavar="TO_CONFIG", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "json_report", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--verbose", is_flag=True, help="Log at INFO level.")
+def copy_index_command(from_config: Path, to_config: Path, json_report: bool, no_progress: bool, verbose: bool) -> None:
+    """Copy the whole index of FROM_CONFIG (SQLite or PostgreSQL) into the empty index of TO_CONFIG
+    (PostgreSQL or SQLite), keeping every id and number, and verify it. The storage area is not
+    copied: both configurations should name the same one. No server may run on either meanwhile."""
+    _setup_logging(verbose, False)
+    sys.exit(_run_copy_index(from_config, to_config, json_report, progress=not no_progress))
+
+
+def _run_copy_index(from_config: Path, to_config: Path, json_report: bool, progress: bool) -> int:
+    import json
+
+    from dicomvault.config import load_config
+    from dicomvault.index.copy import CopyRefused, CopyUsageError, copy_index
+
+    try:
+        source, destination = load_config(from_config), load_config(to_config)
+    except DicomVaultError as exc:
+        logger.error("%s", exc.details)
+        return EXIT_USAGE
+    try:
+        report = copy_index(source, destination, str(from_config), str(to_config), progress=progress)
+    except CopyRefused as exc:
+        logger.error("refusing to copy: %s", exc.details)
+        return EXIT_REFUSED
+    except CopyUsageError as exc:
+        logger.error("%s", exc.details)
+        return EXIT_USAGE
+    except DicomVaultError as exc:
+        logger.error("the copy failed: %s; the destination was left as it was", exc.details)
+        return EXIT_FAILURES
+    except KeyboardInterrupt:
+        logger.error("the copy was interrupted: the destination was left as it was")
+        return EXIT_FAILURES
+    click.echo(json.dumps(report.to_json(), indent=2) if json_report else "\n".join(report.render()))
+    return EXIT_OK if report.verified else EXIT_FAILURES
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -130,7 +130,7 @@ class FilesystemStorageArea:
             except OSError as exc:
                 raise _write_error(exc, temp.parent) from exc
             try:
-                return open(temp, "wb")  # noqa: SIM115 - the caller closes it
+                return open(temp, "wb")  # the caller closes it
             except FileNotFoundError:
                 if attempt == _FOLDER_RACE_RETRIES - 1:
                     raise
