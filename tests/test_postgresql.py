@@ -318,3 +318,27 @@ def test_credentials_never_reach_the_logs(
     build(_config(tmp_path, postgres_cluster.section(postgres_database)), workers=worker_pool).close()
     assert PASSWORD not in caplog.text
     assert SUPERUSER  # the user name may appear; the password never
+
+
+def test_a_nul_character_in_a_value_ends_it_as_in_orthanc(
+    tmp_path: Path, postgres_cluster: PostgresCluster, postgres_database: str, worker_pool: WorkerPool
+) -> None:
+    """Orthanc 1.10.1 stores `AB\\0CD` as `AB` (checked against the real one); PostgreSQL text cannot
+    hold NUL at all, so the same rule keeps such uploads storable."""
+    import io
+
+    from tests.dicomgen import Spec, make_dataset
+
+    ds = make_dataset(Spec(seed=5))
+    ds.PatientName = "AB\x00CD"
+    ds.StudyDescription = "x\x00y"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    server = build(_config(tmp_path, postgres_cluster.section(postgres_database)), workers=worker_pool)
+    try:
+        with _client(server) as client:
+            assert client.post("/instances", content=buf.getvalue()).status_code == 200
+            assert client.get("/patients?expand").json()[0]["MainDicomTags"]["PatientName"] == "AB"
+            assert client.get("/studies?expand").json()[0]["MainDicomTags"]["StudyDescription"] == "x"
+    finally:
+        server.close()

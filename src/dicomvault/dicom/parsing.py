@@ -228,11 +228,14 @@ def _extract(ds: Dataset, tags: MainTags, encodings: list[str]) -> MainTags:
 
 
 def _string(ds: Dataset, tag: int, encodings: list[str]) -> str | None:
-    """An element's value as Orthanc's string (trailing padding removed, UTF-8), or None."""
+    """An element's value as Orthanc's string (trailing padding removed, UTF-8), or None. As
+    Orthanc's (a C string), the value ends at its first NUL character: `AB\0CD` is stored `AB`
+    (which also keeps NUL out of the index, where PostgreSQL text cannot hold it)."""
     elem = ds.get_item(Tag(tag))
     if elem is None:
         return None
-    return element_string(elem, encodings)
+    value = element_string(elem, encodings)
+    return value if value is None else value.split("\x00", 1)[0]
 
 
 def element_string(elem: DataElement | RawDataElement, encodings: list[str]) -> str | None:

@@ -564,6 +564,8 @@ def selected_strings(
         if sequence_items(ds, elem, vr) is not None:
             continue
         kind, value = renderer.value(ds, elem, vr)
-        if kind == "String" and isinstance(value, str):
+        if kind == "String" and isinstance(value, str) and "\x00" not in value:
+            # A value with a NUL character stays out of the index (PostgreSQL text cannot hold
+            # it): finds answered from the index do not match it on that tag.
             out.append((tag, value))
     return tuple(out)
