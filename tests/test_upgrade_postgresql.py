@@ -139,7 +139,7 @@ def test_upgrade_refused_while_a_server_is_connected(
     config = _write_config(tmp_path / "cli", section)
     done = dicomvault("upgrade", config, "--no-progress")
     assert done.returncode == 3, done.stderr
-    assert "dicomvault session(s) are connected" in done.stderr
+    assert "dicomvault session(s) connected from" in done.stderr
     server.stop()
     locked = running_server(PostgreSQL={**section, "Lock": True})
     done = dicomvault("upgrade", config, "--no-progress")

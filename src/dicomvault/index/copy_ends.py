@@ -47,7 +47,7 @@ from dicomvault.index.copy_tables import (
 )
 from dicomvault.index.dialect import POSTGRESQL, SQLITE
 from dicomvault.index.migrations import create_schema_in
-from dicomvault.index.postgresql import EXCLUSIVE_LOCK, WRITER_LOCK, PostgreSQLSettings, translate
+from dicomvault.index.postgresql import WRITER_LOCK, PostgreSQLSettings, claim_database, translate
 from dicomvault.index.schema import SCHEMA_VERSION
 from dicomvault.index.sqlite import INDEX_FILENAME, connect_index, lock_index, not_a_database, unlock_index
 
@@ -263,24 +263,10 @@ def _connect(settings: PostgreSQLSettings, role: str, config_label: str) -> psyc
 
 
 def _claim(conn: psycopg.Connection[Any], settings: PostgreSQLSettings, role: str) -> None:
-    """Refuse a database that a dicomvault server uses; keep the one a server would need to start."""
-    locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (EXCLUSIVE_LOCK,)).fetchone()
-    if not (locked and locked[0]):
-        raise CopyRefused(
-            ErrorCode.DATABASE_UNAVAILABLE,
-            f'{role}: the {settings.label} is in use by a dicomvault server ("Lock": true): stop it first',
-        )
-    others = conn.execute(
-        "SELECT pid, coalesce(host(client_addr), 'local socket') FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = 'dicomvault' AND pid <> pg_backend_pid()"
-    ).fetchall()
-    if others:
-        clients = ", ".join(sorted({str(addr) for _, addr in others}))
-        raise CopyRefused(
-            ErrorCode.DATABASE_UNAVAILABLE,
-            f"{role}: the {settings.label} is in use: {len(others)} dicomvault session(s) connected from "
-            f'{clients} (servers sharing it with "Lock": false): stop every server using this database first',
-        )
+    try:
+        claim_database(conn, settings.label)
+    except DicomVaultError as exc:
+        raise CopyRefused(exc.code, f"{role}: {exc.details}") from exc
 
 
 class PostgreSQLSource:

@@ -327,6 +327,29 @@ def schema_state(conn: psycopg.Connection[Any], label: str) -> tuple[int | None,
     return found, upgrading_to
 
 
+def claim_database(conn: psycopg.Connection[Any], label: str) -> None:
+    """For a maintenance command (upgrade, copy-index): take the exclusive lock for this session
+    (refused if a server started with `"Lock": true` holds it) and check that no other dicomvault
+    session is connected (servers sharing the database with `"Lock": false`)."""
+    locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (EXCLUSIVE_LOCK,)).fetchone()
+    if not (locked and locked[0]):
+        raise DicomVaultError(
+            ErrorCode.DATABASE_UNAVAILABLE,
+            f'the {label} is in use by a dicomvault server ("Lock": true): stop it first',
+        )
+    others = conn.execute(
+        "SELECT pid, coalesce(host(client_addr), 'local socket') FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'dicomvault' AND pid <> pg_backend_pid()"
+    ).fetchall()
+    if others:
+        clients = ", ".join(sorted({str(addr) for _, addr in others}))
+        raise DicomVaultError(
+            ErrorCode.DATABASE_UNAVAILABLE,
+            f"the {label} is in use: {len(others)} dicomvault session(s) connected from {clients} (servers "
+            'sharing it with "Lock": false): stop every server using this database first',
+        )
+
+
 class PostgreSQLBackend:
     """Connects (retrying as Orthanc's `MaximumConnectionRetries` / `ConnectionRetryInterval` say),
     creates or checks the schema, and lends connections."""

@@ -1,9 +1,8 @@
 """`dicomvault upgrade CONFIG` for a PostgreSQL index: the same steps as for SQLite
 (`upgrade/driver.py`), in PostgreSQL's words.
 
-1. Keep every server off the database: the exclusive advisory lock (held by a server started with
-   `"Lock": true`) and no other dicomvault session connected (servers with `"Lock": false`),
-   otherwise a refusal (exit 3) naming what to stop.
+1. Keep every server off the database (`claim_database`: the exclusive advisory lock, no other
+   dicomvault session connected), otherwise a refusal (exit 3) naming what to stop.
 2. Refuse a newer schema; say "no upgrade needed" for ours.
 3. A backup before changing anything: `pg_dump --format=custom` of the database into
    IndexDirectory (`dicomvault-<database>.backup-schemaN-<date>.dump`, restorable with
@@ -23,7 +22,6 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import psycopg.conninfo
@@ -32,8 +30,8 @@ from dicomvault.config import Config
 from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.migrations import SchemaVersionError
 from dicomvault.index.postgresql import (
-    EXCLUSIVE_LOCK,
     PostgreSQLSettings,
+    claim_database,
     connect,
     connect_with_retries,
     schema_state,
@@ -59,7 +57,7 @@ def upgrade_postgresql(
     label = settings.label
     conn = connect_with_retries(settings)
     try:
-        _keep_servers_off(conn, label)
+        claim_database(conn, label)
         state = schema_state(conn, label)
         if state is None:
             raise DicomVaultError(
@@ -106,26 +104,6 @@ def upgrade_postgresql(
         " (with problems: see the report)" if outcome.problems else "",
     )
     return outcome
-
-
-def _keep_servers_off(conn: psycopg.Connection[Any], label: str) -> None:
-    """Hold the exclusive lock for this session and check no dicomvault server is connected."""
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (EXCLUSIVE_LOCK,)).fetchone()
-    if not (row and row[0]):
-        raise DicomVaultError(
-            ErrorCode.DATABASE_UNAVAILABLE,
-            f'the {label} is in use by a dicomvault server ("Lock": true): stop it before upgrading',
-        )
-    others = conn.execute(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND application_name = 'dicomvault' AND pid <> pg_backend_pid()"
-    ).fetchone()
-    if others and others[0]:
-        raise DicomVaultError(
-            ErrorCode.DATABASE_UNAVAILABLE,
-            f"the {label} is in use: {others[0]} dicomvault session(s) are connected; stop every server sharing "
-            "this database before upgrading",
-        )
 
 
 def _pg_dump() -> str | None:
