@@ -19,7 +19,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from tests.servers import free_port
+from tests.servers import free_port, terminate
 
 ACCESS_KEY = "dicomvault-tests"
 SECRET_KEY = "dicomvault-tests-secret-0123456789"
@@ -168,13 +168,8 @@ class SeaweedS3:
         return section
 
     def _terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         self.proc = None
 
     def stop(self) -> None:

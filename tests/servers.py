@@ -33,6 +33,17 @@ def free_port() -> int:
     raise RuntimeError("no free port found in 20000-32000")
 
 
+def terminate(proc: subprocess.Popen[Any], grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if the process is still there after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class RunningServer:
     """`dicomvault serve CONFIG` in a subprocess, on a free port."""
 
@@ -75,10 +86,5 @@ class RunningServer:
         raise RuntimeError(f"dicomvault did not answer in {timeout}s: {self.log_path.read_text()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
