@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,7 +63,10 @@ class DicomVault:
     name = "dicomvault"
     aet = "DICOMVAULT"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        # Added to (or replacing) the configuration written at start: e.g. a `PostgreSQL` section
+        # and a `StorageDirectory` shared with another process (bench.postgresql).
+        self.settings = dict(settings or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self._dicom_port = 0
@@ -94,6 +98,7 @@ class DicomVault:
                 "DicomPort": self._dicom_port,
                 "DicomAet": self.aet,
                 **_DICOM_SETTINGS,
+                **self.settings,
             }
             config.write_text(json.dumps(settings, indent=2))
             with open(log, "ab") as out:
