@@ -78,6 +78,15 @@ class Sizes:
     def key(self) -> str:
         return f"v{DATA_VERSION}-ct{self.ct}-tiny{self.tiny}x{self.tiny_studies}"
 
+    @classmethod
+    def at_least(cls, base: Sizes, ct: int, tiny: int) -> Sizes:
+        """`base` (bench.run's cached packs) when it is large enough, larger packs otherwise."""
+        return cls(
+            ct=max(ct, base.ct),
+            tiny=max(tiny, base.tiny),
+            tiny_studies=base.tiny_studies if tiny <= base.tiny else -(-tiny // TINY_PER_STUDY),
+        )
+
 
 FULL = Sizes(ct=1000, tiny=20000, tiny_studies=2000)
 QUICK = Sizes(ct=100, tiny=1000, tiny_studies=100)

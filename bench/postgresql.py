@@ -351,12 +351,7 @@ def plan_from_arguments(args: argparse.Namespace) -> PgPlan:
     base = data.QUICK if args.quick else data.FULL
     tiny = args.instances or (QUICK_INSTANCES if args.quick else FULL_INSTANCES)
     ct = args.ct or base.ct
-    # bench.run's cached packs when they are large enough; larger ones otherwise.
-    sizes = data.Sizes(
-        ct=max(ct, base.ct),
-        tiny=max(tiny, base.tiny),
-        tiny_studies=base.tiny_studies if tiny <= base.tiny else -(-tiny // data.TINY_PER_STUDY),
-    )
+    sizes = data.Sizes.at_least(base, ct, tiny)
     return PgPlan(
         sizes=sizes,
         tiny=tiny,

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench.report import grid
+
 INGEST_TARGETS = ("dv_pg1", "dv_pg2", "dv_sqlite", "orthanc_pg")
 FIND_SERVERS = ("dv_pg", "dv_sqlite", "orthanc_pg")
 LABELS = {
@@ -128,17 +130,6 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def _grid(lines: list[tuple[str, ...]], right: set[int]) -> str:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for n, line in enumerate(lines):
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
 def tables(summary: list[dict[str, Any]], rounds: int) -> str:
     """Three tables: ingest rates, find latencies (medians over rounds), then every ratio with
     its per-round values and target."""
@@ -175,7 +166,7 @@ def tables(summary: list[dict[str, Any]], rounds: int) -> str:
         )
     right_ingest = set(range(1, len(INGEST_TARGETS) + 1))
     right_find = set(range(1, 2 * len(FIND_SERVERS) + 1))
-    return "\n\n".join((_grid(ingest, right_ingest), _grid(find, right_find), _grid(ratios, {1})))
+    return "\n\n".join((grid(ingest, right_ingest), grid(find, right_find), grid(ratios, {1})))
 
 
 def _median_cell(records: list[dict[str, Any]], field: str, width: int) -> str:

@@ -141,8 +141,12 @@ def table(rows: list[dict[str, Any]], rounds: int) -> str:
                 met,
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {2, 3, 4}
+    return grid(lines, right={2, 3, 4})
+
+
+def grid(lines: list[tuple[str, ...]], right: set[int]) -> str:
+    """Text columns under a header line (the first of `lines`); columns in `right` align right."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for n, line in enumerate(lines):
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))]

@@ -64,7 +64,6 @@ FULL_INSTANCES = 10_000
 QUICK_INSTANCES = 1_000
 FULL_ROUNDS = 3
 # Instances per study of the tiny pack (bench.data): a larger --instances asks for a larger pack.
-_TINY_PER_STUDY = data.TINY_PER_STUDY
 LEVELS = ("patients", "studies", "series", "instances")
 
 
@@ -345,12 +344,7 @@ def plan_from_arguments(args: argparse.Namespace) -> UpgradePlan:
     base = data.QUICK if args.quick else data.FULL
     instances = args.instances or (QUICK_INSTANCES if args.quick else FULL_INSTANCES)
     ct = args.ct or base.ct
-    # The packs of bench.run (cached, shared) when they are large enough; larger ones otherwise.
-    sizes = data.Sizes(
-        ct=max(ct, base.ct),
-        tiny=max(instances, base.tiny),
-        tiny_studies=base.tiny_studies if instances <= base.tiny else -(-instances // _TINY_PER_STUDY),
-    )
+    sizes = data.Sizes.at_least(base, ct, instances)
     rounds = args.rounds or (1 if args.quick else FULL_ROUNDS)
     return UpgradePlan(sizes, instances, ct, rounds, args.compressed, cold=not args.warm)
 
