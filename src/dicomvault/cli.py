@@ -266,5 +266,47 @@ def _run_copy_index(from_config: Path, to_config: Path, json_report: bool, progr
     return EXIT_OK if report.verified else EXIT_FAILURES
 
 
+@main.command("check")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, path_type=Path))
+@click.option("--repair", is_flag=True, help="Remove orphan files and recompute the counters (never deletes a row).")
+@click.option("--json", "json_report", is_flag=True, help="Print the report as one JSON object.")
+@click.option("--verbose", is_flag=True, help="Log at INFO level.")
+def check_command(config_path: Path, repair: bool, json_report: bool, verbose: bool) -> None:
+    """Check the installation of CONFIG offline: every attachment has its file, of the recorded size
+    and MD5; every stored file is referenced; the resource tree and counters are consistent. Each
+    problem is named missing, corrupt or orphan. No server may run on the index meanwhile."""
+    _setup_logging(verbose, False)
+    sys.exit(_run_check(config_path, repair, json_report, progress=sys.stderr.isatty() and not json_report))
+
+
+def _run_check(config_path: Path, repair: bool, json_report: bool, progress: bool) -> int:
+    import json
+
+    from dicomvault.check.command import CheckRefused, CheckUsageError, run_check
+    from dicomvault.config import load_config
+
+    try:
+        config = load_config(config_path)
+    except DicomVaultError as exc:
+        logger.error("%s", exc.details)
+        return EXIT_USAGE
+    try:
+        report = run_check(config, str(config_path), repair=repair, progress=progress)
+    except CheckRefused as exc:
+        logger.error("refusing to check: %s", exc.details)
+        return EXIT_REFUSED
+    except CheckUsageError as exc:
+        logger.error("%s", exc.details)
+        return EXIT_USAGE
+    except DicomVaultError as exc:
+        logger.error("the check could not finish: %s", exc.details)
+        return EXIT_FAILURES
+    except KeyboardInterrupt:
+        logger.error("the check was interrupted")
+        return EXIT_FAILURES
+    click.echo(json.dumps(report.to_json(), indent=2) if json_report else "\n".join(report.render()))
+    return EXIT_OK if report.ok else EXIT_FAILURES
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
