@@ -6,8 +6,11 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1234.1"
@@ -91,3 +94,59 @@ def make_bytes(spec: Spec | None = None, **kwargs: object) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """Serialise a dataset (e.g. one from `make_dataset`, then changed) as a DICOM Part 10 file."""
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def with_pixels(
+    ds: Dataset,
+    pixels: np.ndarray[Any, Any],
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    planar: bool = False,
+) -> Dataset:
+    """Replace the image of `ds` by `pixels`, native little endian: shaped (rows, columns),
+    (rows, columns, 3) for color, or with a leading frame axis when `ds.NumberOfFrames` > 1 is
+    wanted (set here from the array). The integer dtype decides BitsAllocated and signedness."""
+    color = photometric in ("RGB", "YBR_FULL")
+    frame_axis = pixels.ndim == (4 if color else 3)
+    frames = pixels.shape[0] if frame_axis else 1
+    shape = pixels.shape[1:] if frame_axis else pixels.shape
+    bits = pixels.dtype.itemsize * 8
+    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
+    ds.SamplesPerPixel = 3 if color else 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits_stored or bits
+    ds.HighBit = (bits_stored or bits) - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    if color:
+        ds.PlanarConfiguration = 1 if planar else 0
+    elif "PlanarConfiguration" in ds:
+        del ds.PlanarConfiguration
+    if frame_axis:
+        ds.NumberOfFrames = frames
+    data = np.ascontiguousarray(pixels.astype(pixels.dtype.newbyteorder("<")))
+    if color and planar:
+        # Planar: per frame, all red values, then all green, then all blue.
+        data = np.ascontiguousarray(np.moveaxis(data.reshape(frames, *shape), -1, 1))
+    raw = data.tobytes()
+    ds.PixelData = raw + (b"\0" if len(raw) % 2 else b"")
+    ds["PixelData"].VR = "OB" if bits == 8 else "OW"
+    return ds
+
+
+def with_encapsulated(ds: Dataset, frames: list[bytes], transfer_syntax: str) -> Dataset:
+    """Replace the pixel data of `ds` by encapsulated `frames` (one fragment each) of a compressed
+    transfer syntax; the image attributes must already describe the decoded frames."""
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    return ds

@@ -45,6 +45,8 @@ class ErrorCode(IntEnum):
     CORRUPTED_FILE = 20
     INEXISTENT_TAG = 21
     READ_ONLY = 22
+    INCOMPATIBLE_IMAGE_FORMAT = 23
+    INCOMPATIBLE_IMAGE_SIZE = 24
     UNKNOWN_DICOM_TAG = 27
     BAD_JSON = 28
     UNAUTHORIZED = 29
@@ -99,6 +101,8 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.CORRUPTED_FILE: "Corrupted file (e.g. inconsistent MD5 hash)",
     ErrorCode.INEXISTENT_TAG: "Inexistent tag",
     ErrorCode.READ_ONLY: "Cannot modify a read-only data structure",
+    ErrorCode.INCOMPATIBLE_IMAGE_FORMAT: "Incompatible format of the images",
+    ErrorCode.INCOMPATIBLE_IMAGE_SIZE: "Incompatible size of the images",
     ErrorCode.UNKNOWN_DICOM_TAG: "Unknown DICOM tag",
     ErrorCode.BAD_JSON: "Cannot parse a JSON document",
     ErrorCode.UNAUTHORIZED: "Bad credentials were provided to an HTTP request",

@@ -19,6 +19,7 @@ from dicomvault.rest import (
     attachments,
     changes,
     find,
+    images,
     instances,
     jobs,
     metadata,
@@ -89,6 +90,7 @@ def route_table() -> list[BaseRoute]:
     return [
         *system.routes(),
         *instances.routes(),
+        *images.routes(),
         *metadata.routes(),
         *attachments.routes(),
         *changes.routes(),

@@ -76,7 +76,8 @@ def _dicom_file(ctx: ServerContext, public_id: str) -> FileInfo:
     return ctx.index.read(read)
 
 
-def _load_dicom(ctx: ServerContext, public_id: str) -> bytes:
+def load_dicom(ctx: ServerContext, public_id: str) -> bytes:
+    """The stored DICOM file of an instance (404 for an unknown one); shared by the image routes."""
     return ctx.accessor.read(_dicom_file(ctx, public_id))
 
 
@@ -92,7 +93,7 @@ async def _tags_answer(request: Request, form: TagsFormat, header: bool) -> Resp
     public_id = request.path_params["id"]
 
     def work() -> dict[str, Any]:
-        ds = read_dataset(_load_dicom(ctx, public_id), stop_before_pixels=False)
+        ds = read_dataset(load_dicom(ctx, public_id), stop_before_pixels=False)
         return header_to_json(ds.file_meta, form) if header else dataset_to_json(drop_after_pixel_data(ds), form)
 
     return JsonResponse(await run_in_threadpool(work))
@@ -116,7 +117,7 @@ async def content(request: Request) -> Response:
     path = [p for p in request.path_params.get("path", "").split("/") if p]
 
     def work() -> Any:
-        ds = read_dataset(_load_dicom(ctx, public_id), stop_before_pixels=False)
+        ds = read_dataset(load_dicom(ctx, public_id), stop_before_pixels=False)
         return resolve_content(ds, path)
 
     answer = await run_in_threadpool(work)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from dicomvault.context import ServerContext
@@ -34,7 +35,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding == "gzip":
-        body = gunzip(body, limit)
+        # Inflating up to MaximumUploadSize is CPU work: off the event loop, as other requests wait.
+        body = await run_in_threadpool(gunzip, body, limit)
     elif encoding not in ("", "identity"):
         raise DicomVaultError(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"unsupported Content-Encoding: {encoding}")
     return body
