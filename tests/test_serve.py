@@ -86,16 +86,6 @@ def test_refuses_orthanc_index_without_ours(tmp_path: Path) -> None:
     assert not (storage / INDEX_FILENAME).exists()  # never creates an empty index beside an archive
 
 
-def test_second_server_on_same_index_refused(running_server: Callable[..., RunningServer], tmp_path: Path) -> None:
-    srv = running_server()
-    config = tmp_path / "second.json"
-    config.write_text(json.dumps({"StorageDirectory": str(srv.base / "storage"), "HttpPort": free_port()}))
-    result = _serve(config, tmp_path)
-    assert result.returncode == 3
-    assert "in use by another dicomvault process" in result.stderr
-    assert httpx.get(srv.url + "/system").status_code == 200  # the first keeps serving
-
-
 def test_bad_configuration_exits_non_zero(tmp_path: Path) -> None:
     config = tmp_path / "c.json"
     config.write_text('{ "HttpPort": "not a number" }')

@@ -293,6 +293,13 @@ class _Writer:
     def is_serialization_failure(self, exc: BaseException) -> bool:
         return _is_transient(exc)
 
+    def translate_error(self, exc: BaseException) -> BaseException:
+        """The database server's disk full (SQLSTATE 53100) is Orthanc's FullStorage, not an internal error."""
+        if isinstance(exc, psycopg.errors.DiskFull):
+            label = self._backend.description
+            return DicomVaultError(ErrorCode.FULL_STORAGE, f"the disk of the {label} is full: {exc}")
+        return exc
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -112,6 +112,7 @@ class _Reader:
 
 class _Writer:
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._conn = connect_index(path)
         self._tx = WriteTx(self._conn)
 
@@ -137,6 +138,17 @@ class _Writer:
 
     def is_serialization_failure(self, exc: BaseException) -> bool:
         return False  # a single writer never conflicts with itself
+
+    def translate_error(self, exc: BaseException) -> BaseException:
+        """A full disk under the index is Orthanc's FullStorage (HTTP 507, a C-STORE "out of
+        resources"), said for the operator, not an internal error."""
+        code = getattr(exc, "sqlite_errorcode", 0)  # absent when the error did not come from SQLite itself
+        if isinstance(exc, sqlite3.OperationalError) and (code & 0xFF) == sqlite3.SQLITE_FULL:
+            return DicomVaultError(
+                ErrorCode.FULL_STORAGE,
+                f"the disk of the SQLite index {self._path} is full ({exc}): free space there or move IndexDirectory",
+            )
+        return exc
 
     def close(self) -> None:
         self._conn.close()

@@ -41,6 +41,7 @@ class WriteSession(Protocol):
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
     def is_serialization_failure(self, exc: BaseException) -> bool: ...
+    def translate_error(self, exc: BaseException) -> BaseException: ...
     def close(self) -> None: ...
 
 
@@ -125,9 +126,14 @@ class IndexWriter:
                     except BaseException as exc:
                         if session.is_serialization_failure(exc):
                             raise
-                        session.rollback_to_savepoint()
-                        session.release()
-                        outcomes.append((False, exc))
+                        try:
+                            session.rollback_to_savepoint()
+                            session.release()
+                        except Exception:
+                            # The database rolled the whole transaction back itself (SQLite does on a
+                            # full disk): the group fails with the cause, not with "no such savepoint".
+                            raise exc from None
+                        outcomes.append((False, session.translate_error(exc)))
                 session.commit()
             except BaseException as exc:
                 try:
@@ -140,9 +146,10 @@ class IndexWriter:
                     time.sleep(delay)
                     continue
                 logger.error("index write group of %d failed: %s", len(group), exc)
+                error = session.translate_error(exc)
                 for job in group:
                     if not job.future.done():
-                        job.future.set_exception(exc)
+                        job.future.set_exception(error)
                 return
             for job, (ok, value) in zip(group, outcomes, strict=True):
                 if job.future.cancelled():
