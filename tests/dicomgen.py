@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,3 +153,14 @@ def with_encapsulated(ds: Dataset, frames: list[bytes], transfer_syntax: str) ->
     if len(frames) > 1:
         ds.NumberOfFrames = len(frames)
     return ds
+
+
+def dcmtk_compress(data: bytes, tool: str, *arguments: str) -> bytes:
+    """`data` (a Part 10 file) recompressed by one of DCMTK's converters, e.g. `dcmcjpeg +e1`
+    (lossless JPEG, process 14 SV1), `dcmcjpeg +el` (process 14), `dcmcjpls` (JPEG-LS lossless) or
+    `dcmcjpls +en` (near-lossless): encoders other than the decoders under test."""
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "in.dcm", Path(folder) / "out.dcm"
+        source.write_bytes(data)
+        subprocess.run([tool, *arguments, str(source), str(target)], check=True, capture_output=True)
+        return target.read_bytes()

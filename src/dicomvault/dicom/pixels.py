@@ -1,18 +1,25 @@
 """Pixel data: reading an image's geometry from its header, the memory limits every decoder call
-must pass first, decoding one frame (pydicom's pixel handlers), and a frame's raw bytes.
+must pass first, decoding one frame (pydicom's pixel handlers, one chosen plugin per transfer
+syntax), and a frame's raw bytes.
 
 Nothing here allocates in proportion to what a header *declares*: a file may claim 65535 x 65535
 pixels x 100,000 frames of 32 bits over 64 bytes of pixel data (Orthanc stores such files as
 received, and so do we). Before any decoder runs, `check_decodable` compares the declared frame
 size with the pixel data actually present (native transfer syntaxes) and with a decoding budget
-(every syntax), in Python integers, which cannot overflow.
+(every syntax), in Python integers, which cannot overflow; then `decode_frame` checks that a
+compressed frame's own codestream declares no larger image than the header (the decoders allocate
+from the codestream).
+
+Decoders (all permissively licensed): numpy for native data, pydicom's own RLE decoder, Pillow for
+JPEG baseline/extended and JPEG 2000, GDCM (python-gdcm) for lossless JPEG, CharLS (pyjpegls) for
+JPEG-LS.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +29,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID
 
+from dicomvault.dicom.codestreams import codestream_geometry
 from dicomvault.errors import DicomVaultError, ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -38,6 +46,24 @@ _RAW_MEDIA_TYPES = {
     "1.2.840.10008.1.2.4.51": "image/jpeg",
     "1.2.840.10008.1.2.4.90": "image/jp2",
     "1.2.840.10008.1.2.4.91": "image/jp2",
+}
+
+
+# The pydicom plugin that decodes each compressed syntax, named rather than left to pydicom's
+# order, which puts GDCM first for every JPEG and JPEG 2000 syntax once it is installed: Pillow
+# keeps what it decoded before GDCM came (same answers as before), GDCM takes lossless JPEG (the one
+# non-GPL decoder pydicom drives for it: pylibjpeg-libjpeg is GPLv3), CharLS takes JPEG-LS (pydicom
+# refuses some JPEG-LS precisions through GDCM). Native syntaxes have no plugin ("").
+_PLUGINS = {
+    "1.2.840.10008.1.2.4.50": "pillow",
+    "1.2.840.10008.1.2.4.51": "pillow",
+    "1.2.840.10008.1.2.4.57": "gdcm",
+    "1.2.840.10008.1.2.4.70": "gdcm",
+    "1.2.840.10008.1.2.4.80": "pyjpegls",
+    "1.2.840.10008.1.2.4.81": "pyjpegls",
+    "1.2.840.10008.1.2.4.90": "pillow",
+    "1.2.840.10008.1.2.4.91": "pillow",
+    "1.2.840.10008.1.2.5": "pydicom",
 }
 
 
@@ -195,21 +221,45 @@ def check_decodable(info: ImageInfo, frames: int = 1, limits: PixelLimits = Pixe
             )
 
 
-def _refuse(info: ImageInfo, reason: str) -> None:
+def check_codestream(info: ImageInfo, frame: bytes) -> None:
+    """Refuse a compressed frame whose codestream declares a larger image than the header that
+    `check_decodable` budgeted (or declares none), before a decoder sizes its buffers from it."""
+    try:
+        declared = codestream_geometry(frame, info.transfer_syntax)
+    except ValueError as exc:
+        _refuse(info, f"unreadable codestream header: {exc}")
+    if declared is None:
+        return
+    if declared.rows > info.rows or declared.columns > info.columns or declared.components > info.samples:
+        _refuse(
+            info,
+            f"the codestream declares {declared.rows} x {declared.columns} x {declared.components} values, the "
+            f"header {info.rows} x {info.columns} x {info.samples}",
+        )
+
+
+def _refuse(info: ImageInfo, reason: str) -> NoReturn:
     logger.warning("refusing to decode an image (%s, %s): %s", info.transfer_syntax, info.photometric, reason)
     raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, f"cannot decode this image: {reason}")
 
 
 def decode_frame(ds: Dataset, info: ImageInfo, index: int) -> NDArray[Any]:
     """One frame as an array (rows, columns, samples) in its stored type, color converted to RGB.
-    The caller has passed `check_frame_index` and `check_decodable`."""
+    The caller has passed `check_frame_index` and `check_decodable` (for all the frames it decodes);
+    the one-frame budget and the codestream's own header are checked again here, so that no
+    decoder ever runs unchecked."""
     if not decoder_available(info.transfer_syntax):
         logger.warning("no decoder installed here for transfer syntax %s (frame %d)", info.transfer_syntax, index)
         raise DicomVaultError(
             ErrorCode.NOT_IMPLEMENTED, f"no decoder available for transfer syntax {info.transfer_syntax}"
         )
+    check_decodable(info)
+    if info.encapsulated:
+        check_codestream(info, raw_frame(ds, info, index))
     try:
-        array = pixel_array(ds, index=index if info.frames > 1 else None)
+        array = pixel_array(
+            ds, index=index if info.frames > 1 else None, decoding_plugin=_PLUGINS.get(info.transfer_syntax, "")
+        )
     except Exception as exc:  # decoders raise anything on corrupt streams (RuntimeError, ValueError, OSError)
         logger.warning("cannot decode frame %d (%s): %s", index, info.transfer_syntax, exc)
         raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, f"cannot decode the pixel data: {exc}") from exc
@@ -222,12 +272,14 @@ def decode_frame(ds: Dataset, info: ImageInfo, index: int) -> NDArray[Any]:
 
 
 def decoder_available(transfer_syntax: str) -> bool:
-    """Whether a pydicom pixel handler installed here decodes this transfer syntax (with numpy
-    and Pillow: native, RLE, JPEG baseline/extended, JPEG 2000; not lossless JPEG nor JPEG-LS)."""
+    """Whether the decoder chosen for this transfer syntax is installed here (native, RLE, JPEG
+    baseline/extended, lossless JPEG, JPEG-LS, JPEG 2000; not HTJ2K, which needs pylibjpeg)."""
     try:
-        return bool(get_decoder(UID(transfer_syntax)).is_available)
+        decoder = get_decoder(UID(transfer_syntax))
     except NotImplementedError:
         return False
+    plugin = _PLUGINS.get(transfer_syntax)
+    return plugin in decoder.available_plugins if plugin else bool(decoder.is_available)
 
 
 def raw_frame(ds: Dataset, info: ImageInfo, index: int) -> bytes:

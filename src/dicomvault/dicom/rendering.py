@@ -94,7 +94,9 @@ def rendered(
     if not width > 0 or not math.isfinite(width) or not math.isfinite(center):
         raise DicomVaultError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"invalid window: center {center}, width {width}")
     values = _gray(frame) * info.slope + info.intercept
-    out = np.clip(np.floor((values - (center - width / 2.0)) * (255.0 / width)), 0, 255)
+    # Multiply, then divide: 255 / width first would round (x - low) = width to just under 255
+    # (width 100: 254.99999...), where Orthanc 1.10.1 answers 255 (checked against it).
+    out = np.clip(np.floor((values - (center - width / 2.0)) * 255.0 / width), 0, 255)
     if info.inverted:
         out = 255.0 - out
     return out.astype(np.uint8)
