@@ -192,3 +192,23 @@ def test_list_since_limit(index: Index) -> None:
     page = index.read(lambda tx: tx.list_resources(ResourceType.PATIENT, 1, 2))
     assert page == everything[1:3]
     assert index.read(lambda tx: tx.list_resources(ResourceType.PATIENT, 4, 10)) == everything[4:]
+
+
+def test_readers_of_ended_threads_are_closed(index: Index) -> None:
+    """Thread pools retire idle threads and start new ones: each ended thread's read session is
+    closed when another thread opens one (a soak found them piling up, one connection each)."""
+
+    def reads() -> None:
+        for _ in range(3):
+            index.read(lambda tx: tx.statistics())
+
+    for _ in range(5):
+        threads = [threading.Thread(target=reads) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    # At most the 10 readers of the last batch, which ended after the pruning of their own batch.
+    assert index.open_readers() <= 10
+    reads()  # a new reader in this thread retires every ended one
+    assert index.open_readers() == 1

@@ -3,6 +3,8 @@
 
 Reads run in the caller's thread on a per-thread connection, inside a transaction (a consistent
 snapshot); writes are queued to the single writer thread (`IndexWriter`), which groups them.
+A thread's reader is closed once the thread has ended (thread pools retire idle threads and start
+new ones: without this every retired thread would leave an open connection and its page cache).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Index:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._local = threading.local()
-        self._readers: list[ReadSession] = []
+        self._readers: dict[threading.Thread, ReadSession] = {}
         self._readers_lock = threading.Lock()
         self._writer = IndexWriter(backend.open_writer)
         self._closed = False
@@ -53,7 +55,11 @@ class Index:
             session = self.backend.open_reader()
             self._local.session = session
             with self._readers_lock:
-                self._readers.append(session)
+                ended = [thread for thread in self._readers if not thread.is_alive()]
+                retired = [self._readers.pop(thread) for thread in ended]
+                self._readers[threading.current_thread()] = session
+            for old in retired:
+                _close_quietly(old)
         return session
 
     def read(self, fn: Callable[[ReadTx], T]) -> T:
@@ -79,16 +85,27 @@ class Index:
         self._closed = True
         self._writer.close()
         with self._readers_lock:
-            for session in self._readers:
-                try:
-                    session.close()
-                except Exception:  # a reader of another thread may be mid-use at shutdown
-                    logger.debug("closing a reader failed", exc_info=True)
+            sessions = list(self._readers.values())
             self._readers.clear()
+        for session in sessions:
+            _close_quietly(session)  # a reader of another thread may be mid-use at shutdown
         self.backend.close()
+
+    def open_readers(self) -> int:
+        """How many per-thread read sessions are open (the threads that read and are alive, plus
+        those ended since the last new reader)."""
+        with self._readers_lock:
+            return len(self._readers)
 
     def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _close_quietly(session: ReadSession) -> None:
+    try:
+        session.close()
+    except Exception:
+        logger.debug("closing a reader failed", exc_info=True)
