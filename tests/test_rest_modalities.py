@@ -269,6 +269,15 @@ def test_store_straight(client: TestClient, peer: Peer) -> None:
     assert client.get("/instances").json() == []  # not stored locally
 
 
+def test_store_straight_refuses_what_is_not_dicom(client: TestClient, peer: Peer) -> None:
+    """Orthanc 1.10.1 parses the body first: 400 "Bad file format" (checked), never a C-STORE."""
+    for body in (b"not a DICOM file at all", b"", make_bytes(Spec(seed=9))[:301]):
+        answer = client.post("/modalities/peer/store-straight", content=body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["OrthancStatus"] == 15
+    assert peer.stored == [] and peer.associations == 0
+
+
 # ---- C-FIND: /query and /queries -------------------------------------------------------------
 
 

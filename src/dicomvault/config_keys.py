@@ -332,7 +332,8 @@ KEYS: tuple[Key, ...] = (
     key("RestApiWriteToFileSystemEnabled", False, "Allow REST routes that write files on the "
         "server (e.g. /instances/{id}/export); off for security (CVE-2023-33466, backported to "
         "Debian's 1.10.1).", field="rest_api_write_to_file_system_enabled"),
-    key("HttpRequestTimeout", 30, "Seconds the HTTP server waits on a slow client socket.",
+    key("HttpRequestTimeout", 30, "Seconds a client may take to send a request's headers, or "
+        "pause while sending its body, before its connection is closed (0: no bound).",
         field="http_request_timeout"),
     key("DefaultPrivateCreator", "", "Private creator assumed when looking up or writing private "
         "tags."),

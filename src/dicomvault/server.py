@@ -34,6 +34,7 @@ from dicomvault.jobs.engine import JobsEngine
 from dicomvault.model import FileInfo
 from dicomvault.network.modalities import Modalities
 from dicomvault.network.queries import QueryRegistry
+from dicomvault.rest.http_timeouts import request_deadline_protocol
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
 from dicomvault.storage.factory import area_settings, open_storage_area
 from dicomvault.upgrade.rollback import RollbackWatch
@@ -130,6 +131,7 @@ class Server:
 
     def serve(self, sock: socket.socket | None = None) -> None:
         """Run the HTTP server (and the DICOM server if `DicomServerEnabled`) until SIGINT/SIGTERM."""
+        import anyio.to_thread
         import uvicorn
 
         sock = sock or self.bind_http()
@@ -143,17 +145,29 @@ class Server:
         uv_config = uvicorn.Config(
             self.app(),  # type: ignore[arg-type]
             loop="uvloop",
-            http="httptools",
+            http=request_deadline_protocol(self.config.http_request_timeout),
             log_config=None,
             access_log=False,
             lifespan="off",
             timeout_keep_alive=30,
+            # The client address is the TCP peer's, as in Orthanc: RemoteAccessAllowed and the
+            # RemoteIP metadata never trust an X-Forwarded-For header (uvicorn would, from 127.0.0.1).
+            proxy_headers=False,
         )
         server = uvicorn.Server(uv_config)
         storage = self.context.accessor.area.describe()
         logger.warning("dicomvault has started: HTTP on port %d, storage %s", port, storage)
+        threads = self.config.http_threads_count
+
+        async def run() -> None:
+            # Orthanc's HttpThreadsCount bounds the requests processed at once; here the async
+            # handlers are cheap and the blocking work (index, files) runs in anyio's thread pool,
+            # so that pool's limiter is what the key sizes.
+            anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+            await server.serve(sockets=[sock])
+
         try:
-            asyncio.run(server.serve(sockets=[sock]))
+            asyncio.run(run())
         finally:
             sock.close()
             if self.dicom is not None:

@@ -78,6 +78,25 @@ def read_dataset(raw: bytes, stop_before_pixels: bool = True) -> Dataset:
         ) from exc
 
 
+def check_dicom_file(raw: bytes) -> None:
+    """Raise `BAD_FILE_FORMAT` unless `raw` is a well-formed DICOM file (header optional), without
+    requiring the identifiers an archive needs: what Orthanc checks of a body it only forwards
+    (`/modalities/{id}/store-straight`)."""
+    if not raw:
+        raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
+    has_header = len(raw) >= _PREAMBLE + 4 and raw[_PREAMBLE : _PREAMBLE + 4] == b"DICM"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, force=not has_header)
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if has_header else ""
+        _check_structure(raw, has_header, ds, transfer_syntax)
+    except DicomVaultError:
+        raise
+    except Exception as exc:  # pydicom raises a wide variety on garbage: all mean "bad file"
+        raise DicomVaultError(
+            ErrorCode.BAD_FILE_FORMAT, f"Cannot parse an invalid DICOM file (size: {len(raw)} bytes)"
+        ) from exc
+
+
 def parse_instance(raw: bytes, default_encoding: str = "Latin1") -> ParsedInstance:
     """Parse and validate one DICOM file; raise `BAD_FILE_FORMAT` (HTTP 400) when unusable.
     `default_encoding` (Orthanc's `DefaultEncoding`) decodes the find tags of a file without
@@ -197,6 +216,8 @@ def _check_structure(raw: bytes, has_header: bool, ds: Dataset, transfer_syntax:
     if transfer_syntax == _DEFLATED:
         return  # the deflated body is checked by zlib while pydicom inflates it
     start = _dataset_start(raw) if has_header else 0
+    if start > len(raw):  # a meta element's length runs past the end (e.g. one declaring 4 GiB)
+        raise DicomVaultError(ErrorCode.BAD_FILE_FORMAT, "Truncated or malformed DICOM file meta information")
     check_complete(raw, start, explicit_vr=not ds.is_implicit_VR, little_endian=bool(ds.is_little_endian))
 
 

@@ -144,10 +144,11 @@ class _Writer:
         resources"), said for the operator, not an internal error."""
         code = getattr(exc, "sqlite_errorcode", 0)  # absent when the error did not come from SQLite itself
         if isinstance(exc, sqlite3.OperationalError) and (code & 0xFF) == sqlite3.SQLITE_FULL:
-            return DicomVaultError(
-                ErrorCode.FULL_STORAGE,
-                f"the disk of the SQLite index {self._path} is full ({exc}): free space there or move IndexDirectory",
+            # The path is for the operator's log only: an HTTP or DICOM client never sees server paths.
+            logger.error(
+                "the disk of the SQLite index %s is full (%s): free space there or move IndexDirectory", self._path, exc
             )
+            return DicomVaultError(ErrorCode.FULL_STORAGE, "the disk of the SQLite index is full")
         return exc
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ import logging
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -50,6 +50,13 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DicomVaultError)
     return error_response(request, exc)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed (or was cut off by HttpRequestTimeout) while its body was being read:
+    nobody is left to answer, and it is no server error (the reason is logged where it is known)."""
+    logger.info("%s %s: the client disconnected before its request body was complete", request.method, request.url.path)
+    return Response(status_code=400)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -110,6 +117,7 @@ def create_app(context: ServerContext) -> ASGIApp:
         exception_handlers={
             HTTPException: _http_exception,
             DicomVaultError: _domain_error,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected,
         },
     )

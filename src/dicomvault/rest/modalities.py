@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from dicomvault.context import ServerContext
 from dicomvault.dicom.main_tags import format_tag
+from dicomvault.dicom.parsing import check_dicom_file
 from dicomvault.dicom.tags_json import TagsFormat, tag_name
 from dicomvault.enums import ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
@@ -266,6 +267,7 @@ async def store_straight(request: Request) -> Response:
     params = scu_parameters(ctx.config, modality)
 
     def run() -> dict[str, str]:
+        check_dicom_file(raw)  # Orthanc parses the body first: garbage is 400 "Bad file format"
         client = StoreClient(params)
         try:
             sent = client.store(raw)

@@ -107,6 +107,10 @@ def registry(request: Request) -> QueryRegistry:
 def _query_tags(body: Mapping[str, Any]) -> dict[int, str]:
     """`SerializationToolbox::ReadMapOfTags` on the `Query` field."""
     query = body.get("Query", {})
+    if not isinstance(query, dict):  # e.g. "Query": null in a sub-query body (was a 500)
+        raise DicomVaultError(
+            ErrorCode.BAD_FILE_FORMAT, "Associative array of DICOM tags to strings expected in field: Query"
+        )
     tags: dict[int, str] = {}
     for name, value in query.items():
         try:

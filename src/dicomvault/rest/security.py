@@ -27,12 +27,17 @@ REALM = 'Basic realm="Orthanc Secure Area"'
 
 
 def is_loopback(host: str | None) -> bool:
+    """Whether the TCP peer is this machine. An IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, what a
+    dual-stack socket reports) is judged by its IPv4 address."""
     if not host:
         return False
     try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        address = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
         return host == "localhost"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def check_basic(header: str | None, users: Mapping[str, str]) -> str | None:
@@ -65,6 +70,8 @@ class AccessControl:
         client = scope.get("client")
         host = client[0] if client else None
         if not self.remote_access_allowed and not is_loopback(host):
+            # Orthanc 1.10.1 answers 401 with an empty body and a WWW-Authenticate challenge here
+            # (checked); credentials would not help, so dicomvault says 403 with Orthanc's JSON body.
             logger.warning("refused a request from %s: RemoteAccessAllowed is false", host)
             await _refuse(scope, send, 403, ErrorCode.FORBIDDEN_ACCESS, "remote access is disabled", None)
             return

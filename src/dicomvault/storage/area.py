@@ -137,17 +137,11 @@ class FilesystemStorageArea:
         raise FileNotFoundError(errno.ENOENT, "the folder kept disappearing", str(temp.parent))
 
     def read(self, uuid: str, *, content_type: int = _ANY) -> bytes:
-        try:
-            with open(self.path(uuid), "rb") as f:
-                return f.read()
-        except FileNotFoundError as exc:
-            raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"missing attachment file {uuid}") from exc
+        with _open_for_reading(self.path(uuid), uuid) as f:
+            return f.read()
 
     def open(self, uuid: str, *, content_type: int = _ANY) -> BinaryIO:
-        try:
-            return open(self.path(uuid), "rb")
-        except FileNotFoundError as exc:
-            raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"missing attachment file {uuid}") from exc
+        return _open_for_reading(self.path(uuid), uuid)
 
     def read_range(self, uuid: str, start: int, end: int, *, content_type: int = _ANY) -> bytes:
         """Bytes [start, end) of a stored file."""
@@ -193,6 +187,25 @@ class FilesystemStorageArea:
 
 
 def _write_error(exc: OSError, path: Path) -> DicomVaultError:
+    """The error a client sees: the operator's log names the path, the answer never does (a
+    server's file system layout is no business of an HTTP or DICOM peer)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DicomVaultError(ErrorCode.FULL_STORAGE, f"no space left on the storage area while writing {path}")
-    return DicomVaultError(ErrorCode.FILE_STORAGE_CANNOT_WRITE, f"cannot write {path}: {exc.strerror}")
+        logger.error("no space left on the storage area while writing %s: free space or raise its limits", path)
+        return DicomVaultError(ErrorCode.FULL_STORAGE, "no space left on the storage area")
+    logger.error("cannot write %s: %s (check the storage folder's permissions and disk)", path, exc.strerror)
+    return DicomVaultError(ErrorCode.FILE_STORAGE_CANNOT_WRITE, f"cannot write to the storage area: {exc.strerror}")
+
+
+def _open_for_reading(path: Path, uuid: str) -> BinaryIO:
+    """Open a stored file, refusing a symbolic link in its place: the storage area only ever
+    writes regular files, so a link planted there (pointing at /etc/passwd, say) is never served."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"missing attachment file {uuid}") from exc
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        logger.error("refused to read %s: it is a symbolic link, not a file the storage area wrote", path)
+        raise DicomVaultError(ErrorCode.INEXISTENT_FILE, f"missing attachment file {uuid}") from exc
+    return os.fdopen(fd, "rb")
