@@ -28,45 +28,14 @@ import httpx
 import pytest
 
 from tests.dicomgen import Spec, make_bytes
+from tests.faults.integrity import read_changes
+from tests.faults.workload import Item
 from tests.postgres import PostgresCluster
 from tests.servers import RunningServer
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1234.77"
 DICOM_FILE = 1  # FileContentType.DICOM, Orthanc's value
 TIMEOUT = httpx.Timeout(60.0)
-
-
-def public_id(*parts: str) -> str:
-    """Orthanc's public id: SHA-1 of the identifiers joined by `|`, in five groups of 8 hex digits."""
-    digest = hashlib.sha1("|".join(parts).encode()).hexdigest()
-    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
-
-
-@dataclass(frozen=True)
-class Item:
-    """One generated instance and the public ids it must have."""
-
-    patient: str
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    data: bytes
-
-    @property
-    def patient_id(self) -> str:
-        return public_id(self.patient)
-
-    @property
-    def study_id(self) -> str:
-        return public_id(self.patient, self.study_uid)
-
-    @property
-    def series_id(self) -> str:
-        return public_id(self.patient, self.study_uid, self.series_uid)
-
-    @property
-    def instance_id(self) -> str:
-        return public_id(self.patient, self.study_uid, self.series_uid, self.sop_uid)
 
 
 def make_item(tag: str, patient: int | str, study: int | str, series: int | str, number: int) -> Item:
@@ -242,19 +211,6 @@ def check_stored(stored: Stored, tree: Tree) -> None:
     assert stored.totals == stored.sum_sizes
 
 
-def read_changes(client: httpx.Client, url: str) -> list[dict[str, Any]]:
-    changes: list[dict[str, Any]] = []
-    since = 0
-    while True:
-        answer = client.get(f"{url}/changes", params={"since": since, "limit": 97})
-        assert answer.status_code == 200, answer.text
-        page = answer.json()
-        changes.extend(page["Changes"])
-        if page["Done"]:
-            return changes
-        since = page["Last"]
-
-
 def check_through(client: httpx.Client, servers: Sequence[RunningServer], tree: Tree, stored: Stored) -> None:
     """Every server answers the same final state: listings, statistics and the change log."""
     logs = []
@@ -276,7 +232,7 @@ def check_through(client: httpx.Client, servers: Sequence[RunningServer], tree: 
             len(tree.instances),
         )
         assert int(stats["TotalDiskSize"]) == sum(stored.files.values())
-        logs.append(read_changes(client, server.url))
+        logs.append(read_changes(client, server.url, limit=97))  # pages ending mid-group
     # The same log through every server. A stability monitor may still append Stable* changes
     # while the logs are read one after the other: each log read must be a prefix of the longest.
     changes = max(logs, key=len)

@@ -73,6 +73,19 @@ class FileContentType(IntEnum):
     START_USER = 1024
     END_USER = 65535
 
+    @staticmethod
+    def label(value: int) -> str:
+        """How reports name an attachment's content type."""
+        if value == FileContentType.DICOM:
+            return "DICOM"
+        if value == FileContentType.DICOM_AS_JSON:
+            return "Orthanc 'DICOM as JSON'"
+        if value == FileContentType.DICOM_UNTIL_PIXEL_DATA:
+            return "Orthanc 'DICOM until pixel data'"
+        if FileContentType.START_USER <= value <= FileContentType.END_USER:
+            return f"user content type {value}"
+        return f"content type {value}"
+
 
 class CompressionType(IntEnum):
     NONE = 1

@@ -230,11 +230,12 @@ def check_clean(config: Path) -> None:
 # -- through the REST API --------------------------------------------------------------------------------
 
 
-def read_changes(client: httpx.Client, url: str) -> list[dict[str, Any]]:
+def read_changes(client: httpx.Client, url: str, limit: int = 500) -> list[dict[str, Any]]:
+    """The whole /changes log, page by page (`limit` per page)."""
     changes: list[dict[str, Any]] = []
     since = 0
     while True:
-        answer = client.get(f"{url}/changes", params={"since": since, "limit": 500})
+        answer = client.get(f"{url}/changes", params={"since": since, "limit": limit})
         assert answer.status_code == 200, answer.text
         page = answer.json()
         changes.extend(page["Changes"])

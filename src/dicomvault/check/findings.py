@@ -51,7 +51,7 @@ class Problem:
         if self.uuid is not None and self.subject != FILE:  # a file's detail names its path or uuid
             parts.append(self.uuid)
         if self.content_type is not None:
-            parts.append(f"({content_label(self.content_type)})")
+            parts.append(f"({FileContentType.label(self.content_type)})")
         if self.resource is not None:
             parts.append(f"of {(self.level or 'resource').lower()} {self.resource}")
         elif self.level is not None:
@@ -70,18 +70,6 @@ class Problem:
             "detail": self.detail,
             "repaired": self.repaired,
         }
-
-
-def content_label(content_type: int) -> str:
-    if content_type == FileContentType.DICOM:
-        return "DICOM"
-    if content_type == FileContentType.DICOM_AS_JSON:
-        return "Orthanc 'DICOM as JSON'"
-    if content_type == FileContentType.DICOM_UNTIL_PIXEL_DATA:
-        return "Orthanc 'DICOM until pixel data'"
-    if FileContentType.START_USER <= content_type <= FileContentType.END_USER:
-        return f"user content type {content_type}"
-    return f"content type {content_type}"
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,9 @@ class StorageProblem:
 
     def render(self) -> str:
         owner = f"{self.level.label.lower()} {self.public_id}"
-        return f"{self.kind}: {owner}, {_content_label(self.content_type)} attachment {self.uuid} ({self.detail})"
+        return (
+            f"{self.kind}: {owner}, {FileContentType.label(self.content_type)} attachment {self.uuid} ({self.detail})"
+        )
 
 
 @dataclass(frozen=True)
@@ -96,16 +98,6 @@ class VerificationReport:
         if len(self.problems) > _MAX_LISTED:
             lines.append(f"  ... and {len(self.problems) - _MAX_LISTED} more")
         return lines
-
-
-def _content_label(content_type: int) -> str:
-    if content_type == FileContentType.DICOM:
-        return "DICOM"
-    if content_type == FileContentType.DICOM_AS_JSON:
-        return "Orthanc 'DICOM as JSON'"
-    if content_type == FileContentType.DICOM_UNTIL_PIXEL_DATA:
-        return "Orthanc 'DICOM until pixel data'"
-    return f"content type {content_type}"
 
 
 def verify_storage(index_path: Path, accessor: StorageAccessor, check_md5: bool = False) -> VerificationReport:
