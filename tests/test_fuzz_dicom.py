@@ -43,7 +43,7 @@ from dicomvault.network.scp import DicomServer
 from dicomvault.server import Server
 from tests.dicomgen import Spec, make_bytes, make_dataset
 from tests.dicomnet import CT_IMAGE_STORAGE, EXPLICIT_LE, IMPLICIT_LE, associate
-from tests.test_security import assert_no_server_error, enumerate_routes, observable_state
+from tests.routes import assert_no_server_error, enumerate_routes, observable_state
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.filterwarnings("ignore::UserWarning")]  # pydicom on garbage
 

@@ -27,9 +27,7 @@ from starlette.testclient import TestClient
 
 from dicomvault.server import Server
 from tests.orthanc import ORTHANC_BINARY, missing_orthanc_reason, orthanc_available
-from tests.scu_peer import Peer
-from tests.test_fuzz_dicom import PROFILES
-from tests.test_security import (
+from tests.routes import (
     _PLACEHOLDER,
     Stored,
     assert_no_server_error,
@@ -40,6 +38,8 @@ from tests.test_security import (
     server_config,
     study_answer,
 )
+from tests.scu_peer import Peer
+from tests.test_fuzz_dicom import PROFILES
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.filterwarnings("ignore::UserWarning")]
 
