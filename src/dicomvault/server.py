@@ -24,7 +24,7 @@ from dicomvault.index.backends import open_backend, postgresql_settings
 from dicomvault.index.database import Index
 from dicomvault.index.migrations import SchemaVersionError
 from dicomvault.index.recycling import StorageLimits, enforce
-from dicomvault.index.sqlite import INDEX_FILENAME
+from dicomvault.index.sqlite import orthanc_index_only
 from dicomvault.index.transactions import WriteTx
 from dicomvault.ingest.pool import WorkerPool
 from dicomvault.ingest.stability import StabilityMonitor
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ORTHANC_INDEX_FILENAME = "index"
-
 
 class StartupRefused(DicomVaultError):
     """A refusal to start that the operator must act on (CLI exit code 3)."""
@@ -54,14 +52,9 @@ class StartupRefused(DicomVaultError):
 def _check_not_orthanc_only(config: Config, config_label: str) -> None:
     if postgresql_settings(config) is not None:
         return  # the index is not a file in IndexDirectory
-    ours = config.index_directory / INDEX_FILENAME
-    orthanc = config.index_directory / ORTHANC_INDEX_FILENAME
-    if orthanc.is_file() and not ours.exists():
-        raise StartupRefused(
-            ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
-            f"{config.index_directory} holds an Orthanc index ({orthanc}) and no dicomvault index: this is an "
-            f"older schema. Adopt it with: dicomvault upgrade {config_label}",
-        )
+    refusal = orthanc_index_only(config.index_directory, config_label)
+    if refusal is not None:
+        raise StartupRefused(refusal.code, refusal.details)
 
 
 @dataclass

@@ -35,11 +35,17 @@ from dicomvault.index.dialect import POSTGRESQL, SQLITE, Dialect
 from dicomvault.index.migrations import SchemaVersionError
 from dicomvault.index.postgresql import WRITER_LOCK, PostgreSQLSettings, claim_database, schema_state, translate
 from dicomvault.index.schema import SCHEMA_VERSION
-from dicomvault.index.sqlite import INDEX_FILENAME, connect_index, lock_index, not_a_database, unlock_index
+from dicomvault.index.sqlite import (
+    INDEX_FILENAME,
+    connect_index,
+    lock_index,
+    not_a_database,
+    orthanc_index_only,
+    unlock_index,
+)
 
 logger = logging.getLogger(__name__)
 
-ORTHANC_INDEX_FILENAME = "index"
 # Our sessions are named apart from servers' ("dicomvault"), so that `claim_database` does not
 # count them as a server using the database.
 APPLICATION_NAME = "dicomvault check"
@@ -173,12 +179,9 @@ def _open_sqlite(directory: Path, config_label: str) -> IndexUnderCheck:
     path = directory / INDEX_FILENAME
     label = f"SQLite index {path}"
     if not path.is_file():
-        if (directory / ORTHANC_INDEX_FILENAME).is_file():
-            raise CheckRefused(
-                ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
-                f"{directory} holds an Orthanc index ({directory / ORTHANC_INDEX_FILENAME}) and no dicomvault "
-                f"index: this is an older schema. Adopt it with: dicomvault upgrade {config_label}",
-            )
+        refusal = orthanc_index_only(directory, config_label)
+        if refusal is not None:
+            raise CheckRefused(refusal.code, refusal.details)
         raise CheckRefused(
             ErrorCode.INEXISTENT_FILE,
             f"no dicomvault index at {path}: nothing to check (check IndexDirectory in {config_label})",

@@ -49,11 +49,18 @@ from dicomvault.index.dialect import POSTGRESQL, SQLITE
 from dicomvault.index.migrations import create_schema_in
 from dicomvault.index.postgresql import WRITER_LOCK, PostgreSQLSettings, claim_database, translate
 from dicomvault.index.schema import SCHEMA_VERSION
-from dicomvault.index.sqlite import INDEX_FILENAME, connect_index, lock_index, not_a_database, unlock_index
+from dicomvault.index.sqlite import (
+    INDEX_FILENAME,
+    ORTHANC_INDEX_FILENAME,
+    connect_index,
+    lock_index,
+    not_a_database,
+    orthanc_index_only,
+    unlock_index,
+)
 
 logger = logging.getLogger(__name__)
 
-ORTHANC_INDEX_FILENAME = "index"
 # Our own sessions are named apart, so that the "other dicomvault sessions" check does not see them.
 APPLICATION_NAME = "dicomvault copy-index"
 _TEMP_INFIX = ".copy-index-"
@@ -98,12 +105,9 @@ class SQLiteSource:
         directory = config.index_directory
         path = directory / INDEX_FILENAME
         if not path.is_file():
-            if (directory / ORTHANC_INDEX_FILENAME).is_file():
-                raise CopyRefused(
-                    ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
-                    f"{directory} holds an Orthanc index and no dicomvault index: adopt it first with: "
-                    f"dicomvault upgrade {config_label}",
-                )
+            refusal = orthanc_index_only(directory, config_label)
+            if refusal is not None:
+                raise CopyRefused(refusal.code, refusal.details)
             raise CopyRefused(
                 ErrorCode.INEXISTENT_FILE,
                 f"no dicomvault index at {path}: nothing to copy (check IndexDirectory in {config_label})",

@@ -24,6 +24,7 @@ from dicomvault.index.transactions import ReadTx, WriteTx
 logger = logging.getLogger(__name__)
 
 INDEX_FILENAME = "dicomvault.db"
+ORTHANC_INDEX_FILENAME = "index"  # Orthanc 1.x's SQLite index, in the same folder
 LOCK_SUFFIX = ".lock"
 _BUSY_TIMEOUT_S = 30.0
 
@@ -51,6 +52,20 @@ def connect_index(path: Path, read_only: bool = False) -> sqlite3.Connection:
         conn.close()
         raise not_a_database(path, exc) from exc
     return conn
+
+
+def orthanc_index_only(directory: Path, config_label: str) -> DicomVaultError | None:
+    """The refusal for a folder that holds Orthanc's index and not ours: an older schema, to adopt
+    with `dicomvault upgrade` before anything serves, checks or copies it (never an empty index
+    created beside an archive). None when that is not the case."""
+    orthanc = directory / ORTHANC_INDEX_FILENAME
+    if orthanc.is_file() and not (directory / INDEX_FILENAME).exists():
+        return DicomVaultError(
+            ErrorCode.INCOMPATIBLE_DATABASE_VERSION,
+            f"{directory} holds an Orthanc index ({orthanc}) and no dicomvault index: this is an older schema. "
+            f"Adopt it with: dicomvault upgrade {config_label}",
+        )
+    return None
 
 
 def lock_index(path: Path) -> IO[bytes]:

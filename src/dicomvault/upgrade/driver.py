@@ -29,7 +29,14 @@ from dicomvault.errors import DicomVaultError, ErrorCode
 from dicomvault.index.backends import postgresql_settings
 from dicomvault.index.migrations import SchemaVersionError
 from dicomvault.index.schema import SCHEMA_VERSION, parse_version
-from dicomvault.index.sqlite import INDEX_FILENAME, connect_index, lock_index, not_a_database, unlock_index
+from dicomvault.index.sqlite import (
+    INDEX_FILENAME,
+    ORTHANC_INDEX_FILENAME,
+    connect_index,
+    lock_index,
+    not_a_database,
+    unlock_index,
+)
 from dicomvault.index.transactions import ReadTx
 from dicomvault.storage.accessor import CompressionPolicy, StorageAccessor
 from dicomvault.storage.factory import FilesystemSettings, area_settings, build_area
@@ -43,7 +50,6 @@ __all__ = ["UpgradeOutcome", "backup_index", "upgrade"]
 
 logger = logging.getLogger(__name__)
 
-ORTHANC_INDEX_FILENAME = "index"
 BACKUP_INFIX = ".backup-schema"
 
 
