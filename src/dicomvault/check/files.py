@@ -38,7 +38,7 @@ from dicomvault.check.database import IndexUnderCheck
 from dicomvault.check.findings import ATTACHMENT, CORRUPT, FILE, MISSING, ORPHAN, Problem
 from dicomvault.enums import CompressionType, FileContentType, ResourceType
 from dicomvault.errors import DicomVaultError, ErrorCode
-from dicomvault.storage.area import _TEMP_PREFIX, FilesystemStorageArea, StorageArea, is_valid_uuid
+from dicomvault.storage.area import TEMP_PREFIX, FilesystemStorageArea, StorageArea, is_valid_uuid
 
 logger = logging.getLogger(__name__)
 
@@ -359,8 +359,8 @@ def _walk_folder(root: Path) -> Iterator[StoredFile]:
                         continue
                     path = Path(entry.path)
                     size = entry.stat(follow_symlinks=False).st_size
-                    if entry.name.startswith(_TEMP_PREFIX):
-                        uuid = entry.name[len(_TEMP_PREFIX) :]
+                    if entry.name.startswith(TEMP_PREFIX):
+                        uuid = entry.name[len(TEMP_PREFIX) :]
                         yield StoredFile(str(path), uuid if is_valid_uuid(uuid) else None, size, True, path)
                     elif is_valid_uuid(entry.name):
                         uuid = entry.name

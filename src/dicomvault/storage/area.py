@@ -28,7 +28,7 @@ from dicomvault.errors import DicomVaultError, ErrorCode
 logger = logging.getLogger(__name__)
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"  # a file being written; what an interrupted write leaves (`dicomvault check` lists it)
 _FOLDER_RACE_RETRIES = 20
 
 
@@ -99,7 +99,7 @@ class FilesystemStorageArea:
         """Write a new file atomically. `chunks` may be a generator (hashing while writing)."""
         final = self.path(uuid)
         folder = final.parent
-        temp = folder / f"{_TEMP_PREFIX}{uuid}"
+        temp = folder / f"{TEMP_PREFIX}{uuid}"
         try:
             with self._open_temp(temp) as out:
                 if isinstance(chunks, bytes | bytearray | memoryview):
