@@ -319,19 +319,24 @@ def verify_stopped(run: Run) -> None:
     check_clean(run.server.config_path)
 
 
-@pytest.mark.slow
-def test_sigkill_during_ingest_sqlite(tmp_path: Path) -> None:
-    server = RunningServer(tmp_path / "srv", {})
-    storage = server.base / "storage"
+def run_and_verify(server: RunningServer, inspect_index: Callable[[], Stored], backend: str) -> None:
+    """The kill cycle, then the final checks through the API and with the server stopped."""
     try:
-        run = kill_run(server, lambda: inspect_sqlite(storage / "dicomvault.db", storage))
+        run = kill_run(server, inspect_index)
         with httpx.Client(timeout=60) as http:
             figures = verify_final(run, http)
         verify_stopped(run)
     finally:
         server.stop()
-    print("kill test (SQLite):", figures)
-    assert run.counts["kills"] >= 5
+    print(f"kill test ({backend}):", figures)
+    assert run.counts["kills"] >= KILLS
+
+
+@pytest.mark.slow
+def test_sigkill_during_ingest_sqlite(tmp_path: Path) -> None:
+    server = RunningServer(tmp_path / "srv", {})
+    storage = server.base / "storage"
+    run_and_verify(server, lambda: inspect_sqlite(storage / "dicomvault.db", storage), "SQLite")
 
 
 @pytest.mark.slow
@@ -345,12 +350,4 @@ def test_sigkill_during_ingest_postgresql(
         with postgres_cluster.connect(postgres_database) as conn:
             return inspect(conn, storage)
 
-    try:
-        run = kill_run(server, inspect_index)
-        with httpx.Client(timeout=60) as http:
-            figures = verify_final(run, http)
-        verify_stopped(run)
-    finally:
-        server.stop()
-    print("kill test (PostgreSQL):", figures)
-    assert run.counts["kills"] >= 5
+    run_and_verify(server, inspect_index, "PostgreSQL")
